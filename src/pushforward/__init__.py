@@ -1,0 +1,17 @@
+"""pushforward: normalizing flows for PyTorch.
+
+Every transform maps the base space to the data space, x = g(z), and returns the
+log-abs-det-Jacobian of the map it applied; a :class:`Flow` is the pushforward of a base
+distribution by a transform. See DESIGN.md for the conventions.
+"""
+
+from . import distributions, flows, nn, transforms
+from .core import Chain, Flow, Inverse, Transform
+from .distributions import DiagNormal, StandardNormal
+from .flows import IAF, MAF, NSF, RealNVP
+
+__all__ = [
+    "Transform", "Chain", "Inverse", "Flow", "StandardNormal", "DiagNormal",
+    "MAF", "IAF", "RealNVP", "NSF", "flows", "distributions", "transforms", "nn",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,261 @@
+r"""The core of pushforward: transforms, their composition, and flows.
+
+A transform maps the base space to the data space (the generative direction), x = g(z), and
+each of its two methods returns the result together with the log-abs-det-Jacobian (``ladj``)
+of the map it just applied:
+
+    x, ladj = t(z, context)          # forward: base -> data,  ladj = log|det dx/dz|
+    z, ladj = t.inverse(x, context)  # inverse: data -> base,  ladj = log|det dz/dx|
+
+A flow is the pushforward of a base distribution by a transform; its density follows from
+the change of variables, log p(x) = log p_base(g^{-1}(x)) + log|det J_{g^{-1}}(x)|.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["Transform", "Chain", "Inverse", "Flow", "check_finite", "check_event_shape", "sum_rightmost"]
+
+
+def sum_rightmost(t: Tensor, n: int) -> Tensor:
+    """Sum ``t`` over its ``n`` trailing dimensions: (*batch, *event) -> (*batch,)."""
+    return t.flatten(t.dim() - n).sum(-1) if n > 0 else t
+
+
+def check_finite(x: Tensor, name: str = "input") -> None:
+    """Raise ``ValueError`` if ``x`` holds NaN or infinite values.
+
+    Raises:
+        ValueError: naming ``name`` and the number of non-finite entries.
+    """
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise ValueError(f"{name} contains {bad} NaN or infinite value(s)")
+
+
+def check_event_shape(x: Tensor, event_shape: Sequence[int], name: str = "input") -> None:
+    """Raise ``ValueError`` unless the trailing dimensions of ``x`` equal ``event_shape``.
+
+    Raises:
+        ValueError: naming the expected and the received shape.
+    """
+    event_shape = tuple(event_shape)
+    n = len(event_shape)
+    if x.dim() < n or tuple(x.shape[x.dim() - n :]) != event_shape:
+        raise ValueError(
+            f"{name} has shape {tuple(x.shape)}, expected (*batch, {', '.join(map(str, event_shape))})"
+        )
+
+
+class Transform(nn.Module):
+    r"""Base class of every bijection x = g(z) of pushforward.
+
+    Subclasses implement ``forward(z, context)`` (base -> data) and ``inverse(x, context)``
+    (data -> base). Each returns ``(output, ladj)`` where ``ladj`` is the log-abs-det-Jacobian
+    of the map just applied, in nats, with the batch shape (the input shape less the
+    ``event_dims`` trailing dimensions).
+
+    Attributes:
+        event_dims: number of trailing dimensions the transform acts on (1 for vectors
+            ``(*batch, D)``, 3 for images ``(*batch, C, H, W)``).
+
+    Shapes: z, x (*batch, *event); context (*batch, context_features) or None; ladj (*batch,).
+    """
+
+    event_dims: int = 1
+
+    def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError(f"{type(self).__name__} does not define forward")
+
+    def inverse(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError(f"{type(self).__name__} does not define inverse")
+
+
+class Chain(Transform):
+    r"""Composition of transforms; ``Chain(t1, t2)`` applies ``t1`` first in the forward direction.
+
+    x = t_n(... t_1(z)), ladj = sum of the parts' ladj; the inverse applies the inverses in
+    reverse order.
+
+    Shapes: as the parts; all parts act on the same number of event dimensions.
+
+    Raises:
+        ValueError: if the parts act on different numbers of event dimensions.
+    """
+
+    def __init__(self, *transforms: Transform):
+        super().__init__()
+        dims = {t.event_dims for t in transforms}
+        if len(dims) > 1:
+            raise ValueError(f"Chain parts act on different event dimensions: {sorted(dims)}")
+        self.transforms = nn.ModuleList(transforms)
+        self.event_dims = dims.pop() if dims else 1
+
+    def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        ladj = z.new_zeros(z.shape[: z.dim() - self.event_dims])
+        for t in self.transforms:
+            z, part = t(z, context)
+            ladj = ladj + part
+        return z, ladj
+
+    def inverse(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        ladj = x.new_zeros(x.shape[: x.dim() - self.event_dims])
+        for t in reversed(self.transforms):
+            x, part = t.inverse(x, context)
+            ladj = ladj + part
+        return x, ladj
+
+    def __len__(self) -> int:
+        return len(self.transforms)
+
+    def __getitem__(self, i: int) -> Transform:
+        return self.transforms[i]
+
+
+class Inverse(Transform):
+    r"""The inverse g^{-1} of a transform g: its forward is ``t.inverse`` and vice versa.
+
+    Used to swap which direction is cheap, e.g. IAF = Inverse of a masked autoregressive layer.
+
+    Shapes: as ``t``.
+    """
+
+    def __init__(self, transform: Transform):
+        super().__init__()
+        self.transform = transform
+        self.event_dims = transform.event_dims
+
+    def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self.transform.inverse(z, context)
+
+    def inverse(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self.transform(x, context)
+
+
+class Flow(nn.Module):
+    r"""A normalizing flow: the pushforward of a base distribution by a transform.
+
+    log p(x | c) = log p_base(z) + log|det dz/dx|, with z = transform.inverse(x, c).
+    Samples are x = transform(z, c), z ~ base.
+
+    Shapes: x (*batch, *event); context (*batch, context_features) or None; log_prob (*batch,),
+    in nats.
+
+    Args:
+        base: a base distribution module of :mod:`pushforward.distributions` (anything with
+            ``event_shape``, ``log_prob(z)`` and ``rsample(shape)``).
+        transform: the transform g from base to data space.
+
+    Example:
+        >>> import torch, pushforward as pf
+        >>> flow = pf.MAF(2, transforms=2, hidden_features=(16,))
+        >>> flow.log_prob(torch.randn(5, 2)).shape
+        torch.Size([5])
+    """
+
+    def __init__(self, base: nn.Module, transform: Transform):
+        super().__init__()
+        self.base = base
+        self.transform = transform
+
+    @property
+    def event_shape(self) -> torch.Size:
+        return torch.Size(self.base.event_shape)
+
+    def _check(self, x: Tensor, context: Tensor | None) -> None:
+        check_event_shape(x, self.event_shape, "data")
+        check_finite(x, "data")
+        if context is not None:
+            batch = x.shape[: x.dim() - len(self.event_shape)]
+            if context.shape[:-1] != batch:
+                raise ValueError(
+                    f"context has batch shape {tuple(context.shape[:-1])}, data has {tuple(batch)}"
+                )
+            check_finite(context, "context")
+
+    def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """Log-density of ``x`` in nats, shape (*batch,).
+
+        Raises:
+            ValueError: if ``x`` has the wrong trailing shape, holds NaN/inf, or lies outside
+                the support of a transform with a bounded domain; if ``context`` does not match.
+        """
+        self._check(x, context)
+        z, ladj = self.transform.inverse(x, context)
+        return self.base.log_prob(z) + ladj
+
+    def _base_sample(self, shape: Sequence[int], context: Tensor | None, grad: bool):
+        shape = tuple(shape)
+        if context is not None:
+            shape = shape + tuple(context.shape[:-1])
+            context = context.expand(shape + context.shape[-1:])
+        z = self.base.rsample(shape) if grad else self.base.sample(shape)
+        return z, context
+
+    def rsample_and_log_prob(
+        self, shape: Sequence[int] = (), context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Reparametrised samples and their log-density in one forward pass.
+
+        Shapes: x (*shape, *context_batch, *event); log_prob (*shape, *context_batch).
+        """
+        z, context = self._base_sample(shape, context, grad=True)
+        x, ladj = self.transform(z, context)
+        return x, self.base.log_prob(z) - ladj
+
+    def sample_and_log_prob(
+        self, shape: Sequence[int] = (), context: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Samples and their log-density (nats) without gradients, one forward pass."""
+        with torch.no_grad():
+            return self.rsample_and_log_prob(shape, context)
+
+    def rsample(self, shape: Sequence[int] = (), context: Tensor | None = None) -> Tensor:
+        """Reparametrised samples x = g(z), shape (*shape, *context_batch, *event)."""
+        z, context = self._base_sample(shape, context, grad=True)
+        return self.transform(z, context)[0]
+
+    def sample(self, shape: Sequence[int] = (), context: Tensor | None = None) -> Tensor:
+        """Samples without gradients, shape (*shape, *context_batch, *event)."""
+        with torch.no_grad():
+            return self.rsample(shape, context)
+
+    def as_distribution(self, context: Tensor | None = None) -> torch.distributions.Distribution:
+        """A :class:`torch.distributions.Distribution` view of the flow (given ``context``)."""
+        return FlowDistribution(self, context)
+
+
+class FlowDistribution(torch.distributions.Distribution):
+    """:class:`torch.distributions.Distribution` view of a :class:`Flow` at a fixed context.
+
+    Its batch shape is the context's batch shape (empty without context) and its event shape
+    the flow's; ``log_prob`` is in nats.
+    """
+
+    has_rsample = True
+    arg_constraints: dict = {}
+
+    def __init__(self, flow: Flow, context: Tensor | None = None):
+        self.flow = flow
+        self.context = context
+        batch = context.shape[:-1] if context is not None else torch.Size()
+        super().__init__(batch, flow.event_shape, validate_args=False)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        context = self.context
+        if context is not None:
+            batch = value.shape[: value.dim() - len(self.event_shape)]
+            context = context.expand(batch + context.shape[-1:])
+        return self.flow.log_prob(value, context)
+
+    def rsample(self, sample_shape=torch.Size()) -> Tensor:
+        return self.flow.rsample(sample_shape, self.context)
+
+    def sample(self, sample_shape=torch.Size()) -> Tensor:
+        return self.flow.sample(sample_shape, self.context)
+

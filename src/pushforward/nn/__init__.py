@@ -1,0 +1,6 @@
+"""Conditioners: the networks that predict the parameters of element-wise maps."""
+
+from .made import MADE, MaskedLinear
+from .mlp import MLP, cat_context
+
+__all__ = ["MADE", "MaskedLinear", "MLP", "cat_context"]

@@ -1,0 +1,135 @@
+r"""The transform registry and the checks every transform of pushforward passes.
+
+:func:`transform_examples` lists every transform of the library under a name that says its
+family (``coupling-rq-spline``, ``autoregressive-affine``, ...), built with non-trivial
+parameters; the contract test of the project runs each ``check_*`` function below over it.
+Users can run the same checks on their own transforms:
+
+    >>> import torch, pushforward as pf
+    >>> from pushforward import testing
+    >>> t = pf.transforms.Elementwise(pf.transforms.AffineMap(), 3).double()
+    >>> _ = testing.perturb(t)
+    >>> z = torch.randn(4, 3, dtype=torch.float64)
+    >>> testing.check_round_trip(t, z)
+    >>> testing.check_ladj(t, z)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from .core import Chain, Inverse, Transform
+from .transforms.autoregressive import MaskedAutoregressive
+from .transforms.coupling import Coupling, alternating_mask
+from .transforms.elementwise import Affine, AffineMap, Elementwise, Sigmoid, logit_preprocessing
+from .transforms.linear import Permutation
+from .transforms.normalization import ActNorm, BatchNorm
+from .transforms.splines import RQSpline
+
+__all__ = [
+    "transform_examples", "perturb", "autograd_ladj", "check_round_trip", "check_ladj",
+    "check_ladj_symmetry",
+]
+
+FEATURES = 5
+CONTEXT = 3
+
+
+def perturb(module: nn.Module, scale: float = 0.3, seed: int = 0) -> nn.Module:
+    """Move every floating-point parameter of ``module`` away from its initial value, in place.
+
+    Adds N(0, scale^2) noise (seeded), so that transforms that start at the identity are
+    tested at a generic point; marks data-dependent initialisations as done and gives batch
+    normalisation non-trivial running statistics. Returns the module.
+    """
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g, dtype=p.dtype).to(p.device))
+        for m in module.modules():
+            if isinstance(m, ActNorm):
+                m.initialized.fill_(True)
+            if isinstance(m, BatchNorm):
+                m.running_mean.add_(torch.randn(m.running_mean.shape, generator=g, dtype=m.running_mean.dtype))
+                m.running_var.mul_(torch.rand(m.running_var.shape, generator=g, dtype=m.running_var.dtype) + 0.5)
+    return module
+
+
+def _vector_examples() -> Iterator[tuple[str, Callable[[int], Transform], bool]]:
+    """(name, builder(context_features) -> transform, supports context) for vector transforms."""
+    d, half = FEATURES, alternating_mask(FEATURES, 1)
+    yield "elementwise-affine", lambda c: Elementwise(AffineMap(), d, c), True
+    yield "elementwise-rq-spline", lambda c: Elementwise(RQSpline(bins=4, bound=2.0), d, c), True
+    yield "elementwise-affine-fixed", lambda c: Affine(torch.linspace(-1, 1, d), torch.linspace(0.5, 2, d)), False
+    yield "elementwise-sigmoid", lambda c: Sigmoid(), False
+    yield "elementwise-logit-preprocessing", lambda c: logit_preprocessing(levels=1), False
+    yield "linear-permutation", lambda c: Permutation.random(d, seed=1), False
+    yield "normalization-actnorm", lambda c: ActNorm(d), False
+    yield "normalization-batchnorm", lambda c: BatchNorm(d), False
+    yield "coupling-affine", lambda c: Coupling(half, AffineMap(), c, (8,)), True
+    yield "coupling-rq-spline", lambda c: Coupling(half, RQSpline(bins=4, bound=2.0), c, (8,)), True
+    yield "autoregressive-affine", lambda c: MaskedAutoregressive(d, AffineMap(), c, (8, 8), order=[2, 0, 4, 1, 3]), True
+    yield "autoregressive-affine-inverse", lambda c: Inverse(MaskedAutoregressive(d, AffineMap(), c, (8,))), True
+    yield "autoregressive-rq-spline", lambda c: MaskedAutoregressive(d, RQSpline(bins=4, bound=2.0), c, (8,)), True
+    yield "chain-maf-batchnorm", lambda c: Chain(MaskedAutoregressive(d, AffineMap(), c, (8,)), BatchNorm(d),
+                                                 Permutation.reverse(d), Coupling(half, AffineMap(), c, (8,))), True
+
+
+def transform_examples(seed: int = 0) -> Iterator[tuple[str, Transform, tuple[int, ...], int]]:
+    """Every transform of the library, with perturbed parameters, in float64 and eval mode.
+
+    Yields ``(name, transform, event_shape, context_features)``; a transform that accepts a
+    context appears twice, without (``name``) and with a context (``name-context``).
+    """
+    for name, build, conditional in _vector_examples():
+        for c in (0, CONTEXT) if conditional else (0,):
+            t = perturb(build(c).double(), seed=seed)
+            yield (f"{name}-context" if c else name), t.eval(), (FEATURES,), c
+
+
+def autograd_ladj(t: Transform, u: Tensor, context: Tensor | None = None, inverse: bool = False) -> Tensor:
+    """log|det J| of ``t`` (or ``t.inverse``) at ``u``, by brute force with autograd.
+
+    Shapes: u (*batch, *event); context (*batch, context_features); returns (*batch,).
+    """
+    f = t.inverse if inverse else t
+    event = u.shape[u.dim() - t.event_dims :]
+    batch = u.shape[: u.dim() - t.event_dims]
+    flat = u.reshape(-1, *event)
+    ctx = None if context is None else context.reshape(-1, context.shape[-1])
+    out = []
+    for i in range(flat.shape[0]):
+        c = None if ctx is None else ctx[i : i + 1]
+        jac = torch.autograd.functional.jacobian(lambda v: f(v.unsqueeze(0), c)[0].squeeze(0), flat[i])
+        n = event.numel()
+        out.append(torch.linalg.slogdet(jac.reshape(n, n))[1])
+    return torch.stack(out).reshape(batch)
+
+
+def check_round_trip(t: Transform, z: Tensor, context: Tensor | None = None, atol: float = 1e-6) -> None:
+    """Assert inverse(forward(z)) ≈ z and forward(inverse(x)) ≈ x at x = forward(z)."""
+    x, _ = t(z, context)
+    z2, _ = t.inverse(x, context)
+    torch.testing.assert_close(z2, z, atol=atol, rtol=atol, msg=lambda m: f"inverse(forward(z)) != z\n{m}")
+    x2, _ = t(t.inverse(x, context)[0], context)
+    torch.testing.assert_close(x2, x, atol=atol, rtol=atol, msg=lambda m: f"forward(inverse(x)) != x\n{m}")
+
+
+def check_ladj(t: Transform, z: Tensor, context: Tensor | None = None, atol: float = 1e-6) -> None:
+    """Assert the ladj of both directions equals log|det| of the autograd Jacobian."""
+    x, ladj = t(z, context)
+    torch.testing.assert_close(ladj, autograd_ladj(t, z, context), atol=atol, rtol=atol,
+                               msg=lambda m: f"forward ladj != autograd\n{m}")
+    _, ladj_inv = t.inverse(x, context)
+    torch.testing.assert_close(ladj_inv, autograd_ladj(t, x, context, inverse=True), atol=atol, rtol=atol,
+                               msg=lambda m: f"inverse ladj != autograd\n{m}")
+
+
+def check_ladj_symmetry(t: Transform, z: Tensor, context: Tensor | None = None, atol: float = 1e-6) -> None:
+    """Assert that the forward ladj at z is minus the inverse ladj at x = forward(z)."""
+    x, ladj = t(z, context)
+    _, ladj_inv = t.inverse(x, context)
+    torch.testing.assert_close(ladj, -ladj_inv, atol=atol, rtol=atol)

@@ -1,0 +1,99 @@
+"""The contract every transform of the registry passes (DESIGN.md, 'Tests that every transform passes')."""
+
+import copy
+import io
+
+import pytest
+import torch
+
+from pushforward import Flow, StandardNormal, testing
+from pushforward.transforms import BatchNorm
+
+EXAMPLES = list(testing.transform_examples())
+IDS = [name for name, *_ in EXAMPLES]
+BATCH_SHAPES = [(), (3,), (2, 3)]
+
+
+def inputs(event_shape, context_features, batch_shape, device):
+    z = torch.randn(*batch_shape, *event_shape, dtype=torch.float64, device=device)
+    c = torch.randn(*batch_shape, context_features, dtype=torch.float64, device=device) if context_features else None
+    return z, c
+
+
+@pytest.fixture(params=EXAMPLES, ids=IDS)
+def example(request, device):
+    name, t, event_shape, context_features = request.param
+    return name, copy.deepcopy(t).to(device), event_shape, context_features
+
+
+@pytest.mark.parametrize("batch_shape", BATCH_SHAPES, ids=str)
+def test_round_trip(example, batch_shape, device):
+    _, t, event_shape, c = example
+    testing.check_round_trip(t, *inputs(event_shape, c, batch_shape, device))
+
+
+@pytest.mark.parametrize("batch_shape", BATCH_SHAPES, ids=str)
+def test_shapes(example, batch_shape, device):
+    _, t, event_shape, c = example
+    z, context = inputs(event_shape, c, batch_shape, device)
+    x, ladj = t(z, context)
+    z2, ladj2 = t.inverse(x, context)
+    assert x.shape == z.shape == z2.shape
+    assert ladj.shape == ladj2.shape == torch.Size(batch_shape)
+    assert x.dtype == ladj.dtype == torch.float64
+
+
+def test_ladj_matches_autograd_jacobian(example, device):
+    _, t, event_shape, c = example
+    testing.check_ladj(t, *inputs(event_shape, c, (4,), device))
+
+
+def test_forward_ladj_is_minus_inverse_ladj(example, device):
+    _, t, event_shape, c = example
+    testing.check_ladj_symmetry(t, *inputs(event_shape, c, (2, 3), device))
+
+
+def test_log_prob_gradients_are_finite(example, device):
+    _, t, event_shape, c = example
+    t.train()
+    flow = Flow(StandardNormal(event_shape).double(), t).to(device)
+    z, context = inputs(event_shape, c, (8,), device)
+    x = t(z, context)[0].detach().requires_grad_()
+    flow.log_prob(x, context).mean().neg().backward()
+    assert torch.isfinite(x.grad).all()
+    for name, p in t.named_parameters():
+        assert p.grad is not None, f"{name} got no gradient"
+        assert torch.isfinite(p.grad).all(), f"{name} has a non-finite gradient"
+
+
+def test_train_and_eval_agree(example, device):
+    _, t, event_shape, c = example
+    z, context = inputs(event_shape, c, (6,), device)
+    x_eval, ladj_eval = t(z, context)
+    t.train()
+    x_train, ladj_train = t(z, context)
+    torch.testing.assert_close(x_train, x_eval)
+    torch.testing.assert_close(ladj_train, ladj_eval)
+    if not any(isinstance(m, BatchNorm) for m in t.modules()):
+        t.eval()
+        z_eval, _ = t.inverse(x_eval, context)
+        t.train()
+        torch.testing.assert_close(t.inverse(x_eval, context)[0], z_eval)
+
+
+def test_state_dict_round_trip(example, device):
+    _, t, event_shape, c = example
+    z, context = inputs(event_shape, c, (3,), device)
+    buffer = io.BytesIO()
+    torch.save(t.state_dict(), buffer)
+    buffer.seek(0)
+    clone = testing.perturb(copy.deepcopy(t), seed=123)
+    clone.load_state_dict(torch.load(buffer, weights_only=True))
+    for a, b in zip(t(z, context), clone(z, context)):
+        torch.testing.assert_close(a, b)
+
+
+def test_registry_names_are_unique_and_families():
+    assert len(IDS) == len(set(IDS))
+    families = {name.split("-")[0] for name in IDS}
+    assert {"elementwise", "coupling", "autoregressive", "linear", "normalization"} <= families
