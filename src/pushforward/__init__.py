@@ -5,13 +5,15 @@ log-abs-det-Jacobian of the map it applied; a :class:`Flow` is the pushforward o
 distribution by a transform. See DESIGN.md for the conventions.
 """
 
-from . import distributions, flows, nn, transforms
+from . import distributions, flows, nn, testing, transforms
 from .core import Chain, Flow, Inverse, Transform
 from .distributions import DiagNormal, StandardNormal
 from .flows import IAF, MAF, NSF, RealNVP
+from .train import Evaluation, FitResult, evaluate, fit, log_likelihoods
 
 __all__ = [
     "Transform", "Chain", "Inverse", "Flow", "StandardNormal", "DiagNormal",
-    "MAF", "IAF", "RealNVP", "NSF", "flows", "distributions", "transforms", "nn",
+    "MAF", "IAF", "RealNVP", "NSF", "fit", "evaluate", "log_likelihoods", "FitResult", "Evaluation",
+    "flows", "distributions", "transforms", "nn", "testing",
 ]
 __version__ = "0.1.0"

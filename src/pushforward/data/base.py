@@ -18,7 +18,10 @@ from torch import Tensor
 
 from ..core import Transform
 
-__all__ = ["DataSet", "DataError", "split", "fraction_sizes", "tail_sizes", "standardise", "check_array", "find_file", "to_tensor"]
+__all__ = [
+    "DataSet", "DataError", "split", "fraction_sizes", "tail_sizes", "standardise", "check_array", "find_file",
+    "to_tensor",
+]
 
 
 class DataError(ValueError):
@@ -81,7 +84,9 @@ class DataSet:
 def check_array(array: np.ndarray, where: str) -> np.ndarray:
     """Check that ``array`` is a non-empty, numeric, finite 2-D array (rows, features).
 
-    Returns the array as float64. ``where`` names the file or split in the messages.
+    Returns the array, as float64 unless it is already floating-point (a float32 array stays
+    float32, so large files are not doubled in memory). ``where`` names the file or split in
+    the messages.
 
     Raises:
         DataError: if the array is not 2-D, has no rows or no columns, is not numeric (real
@@ -95,7 +100,8 @@ def check_array(array: np.ndarray, where: str) -> np.ndarray:
         raise DataError(f"{where}: expected a 2-D array (rows, features), got shape {array.shape}")
     if array.size == 0:
         raise DataError(f"{where}: empty (shape {array.shape})")
-    array = array.astype(np.float64, copy=False)
+    if array.dtype.kind != "f":
+        array = array.astype(np.float64)
     bad = ~np.isfinite(array)
     if bad.any():
         row, col = np.argwhere(bad)[0]
@@ -191,5 +197,5 @@ def find_file(data_dir: str | Path | None, names: Sequence[str], subdirs: Sequen
 
 
 def to_tensor(array: np.ndarray) -> Tensor:
-    """A float32 torch tensor (a copy) of a numpy array."""
+    """A contiguous float32 torch tensor of a numpy array (sharing its memory when it already is one)."""
     return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))

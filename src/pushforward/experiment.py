@@ -1,0 +1,137 @@
+r"""Runs: a flow fitted to a data set, saved as a folder that rebuilds it exactly.
+
+A run folder holds ``config.json`` (the preset, its arguments and the data set), ``model.pt``
+(the state dict, loadable with ``torch.load(weights_only=True)``), ``checkpoint.pt`` (for
+resuming), ``metrics.json`` and PNGs. The model is the preset's flow followed by a fixed
+standardisation of the reference space, so its log-likelihood is in the reference space; the
+data set's ``to_data`` transform then gives data-space log-likelihoods and bits/dim.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .core import Chain, Flow
+from .data import DataSet
+from .flows import PRESETS
+from .train import Evaluation, log_likelihoods, save_atomic
+from .transforms.elementwise import Affine
+
+__all__ = ["build_flow", "standardisation", "Metrics", "measure", "save_run", "load_run", "write_json"]
+
+CONFIG, MODEL, CHECKPOINT, METRICS = "config.json", "model.pt", "checkpoint.pt", "metrics.json"
+
+
+def standardisation(train: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-feature mean and standard deviation of the training data (std floored at 1e-6)."""
+    return train.mean(0), train.std(0).clamp(min=1e-6)
+
+
+def build_flow(flow: str, features: int, kwargs: dict, shift: Tensor | None = None,
+               scale: Tensor | None = None) -> Flow:
+    """The preset ``flow`` ("maf", "nsf", ...) followed by x = shift + scale * y.
+
+    Shapes: shift, scale (features,), the training data's mean and standard deviation
+    (zeros and ones when None, to be filled by ``load_state_dict``).
+
+    Raises:
+        ValueError: for an unknown preset name.
+    """
+    if flow not in PRESETS:
+        raise ValueError(f"unknown flow {flow!r} (known: {', '.join(PRESETS)})")
+    preset = PRESETS[flow](features, **kwargs)
+    shift = torch.zeros(features) if shift is None else shift
+    scale = torch.ones(features) if scale is None else scale
+    return Flow(preset.base, Chain(preset.transform, Affine(shift, scale)))
+
+
+@dataclass
+class Metrics:
+    """Test (or other split) metrics of a run.
+
+    ``log_likelihood_nats`` and ``stderr_nats`` are in the data set's reference space
+    (``space``: logit space for MNIST as MAF reports, the normalised space for the MAF tabular
+    sets); ``data_log_likelihood_nats`` in the original data space and ``bits_per_dim`` of
+    the [0, levels)^D space of dequantised data, where they apply.
+    """
+
+    log_likelihood_nats: float
+    stderr_nats: float
+    n_examples: int
+    space: str
+    data_log_likelihood_nats: float | None = None
+    data_stderr_nats: float | None = None
+    bits_per_dim: float | None = None
+    bits_per_dim_stderr: float | None = None
+
+
+def measure(flow: Flow, data: DataSet, split: str = "test", batch_size: int = 1000) -> Metrics:
+    """Mean log-likelihood of a split with its standard error, in nats and bits/dim.
+
+    Raises:
+        ValueError: for an unknown split name.
+    """
+    if split not in ("train", "valid", "test"):
+        raise ValueError(f"unknown split {split!r}; choose train, valid or test")
+    r = getattr(data, split)
+    ll = log_likelihoods(flow, r, batch_size)
+    ref = Evaluation.of(ll)
+    m = Metrics(ref.mean, ref.stderr, ref.n, data.space)
+    if data.to_data is not None or data.levels:
+        if data.to_data is not None:
+            with torch.no_grad():
+                ll = ll - torch.cat([data.to_data(r[i : i + batch_size].double())[1] for i in range(0, len(r), batch_size)]).float()
+        dat = Evaluation.of(ll)
+        m.data_log_likelihood_nats, m.data_stderr_nats = dat.mean, dat.stderr
+        if data.levels:
+            per_dim = data.features * math.log(2)
+            m.bits_per_dim, m.bits_per_dim_stderr = -dat.mean / per_dim, dat.stderr / per_dim
+    return m
+
+
+def write_json(obj: dict, path: str | os.PathLike) -> None:
+    """Write ``obj`` as indented JSON atomically (temporary file, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def save_run(out: Path, flow: Flow, config: dict) -> None:
+    """Write ``config.json`` and ``model.pt`` (atomically) into the run folder ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(config, out / CONFIG)
+    save_atomic(flow.state_dict(), out / MODEL)
+
+
+def load_run(out: str | os.PathLike, weights: str = MODEL) -> tuple[Flow, dict]:
+    """Rebuild the flow of a run folder from its config and weights.
+
+    Raises:
+        FileNotFoundError: if the folder, its config or its weights are missing.
+        ValueError: if the config or the weights are corrupted or do not match.
+    """
+    out = Path(out)
+    for name in (CONFIG, weights):
+        if not (out / name).is_file():
+            raise FileNotFoundError(f"{out / name} not found: is '{out}' a pushforward run folder?")
+    try:
+        config = json.loads((out / CONFIG).read_text())
+        flow = build_flow(config["flow"], config["features"], config["flow_kwargs"])
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{out / CONFIG} is corrupted ({e})") from None
+    try:
+        state = torch.load(out / weights, map_location="cpu", weights_only=True)
+        if weights == CHECKPOINT:
+            state = state["model"]
+        flow.load_state_dict(state)
+    except Exception as e:  # torch raises several types for a damaged file
+        raise ValueError(f"{out / weights} is corrupted or does not match the config ({type(e).__name__})") from None
+    return flow.eval(), config

@@ -1,0 +1,237 @@
+r"""Fitting a flow by maximum likelihood, and evaluating it.
+
+:func:`fit` minimises the negative mean log-likelihood (nats per example) with Adam on
+mini-batches, keeps the weights of the best validation log-likelihood, stops early, respects
+a wall-clock budget, writes atomic checkpoints and resumes from them.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .core import Flow
+
+__all__ = ["fit", "FitResult", "log_likelihoods", "evaluate", "Evaluation", "save_atomic"]
+
+Data = Tensor | tuple[Tensor, Tensor]
+
+
+def save_atomic(obj: object, path: str | os.PathLike) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename it over ``path``.
+
+    A reader never sees a half-written file, and an interrupted write leaves the old one.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _split(data: Data) -> tuple[Tensor, Tensor | None]:
+    return (data[0], data[1]) if isinstance(data, (tuple, list)) else (data, None)
+
+
+def log_likelihoods(flow: Flow, data: Data, batch_size: int = 1000) -> Tensor:
+    """Per-example log-likelihood in nats, computed in evaluation mode without gradients.
+
+    Shapes: data x (N, *event) or (x, context (N, context_features)); returns (N,) on the CPU.
+    """
+    x, context = _split(data)
+    param = next(flow.parameters(), None)
+    device, dtype = (param.device, param.dtype) if param is not None else (x.device, x.dtype)
+    was_training = flow.training
+    flow.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            c = None if context is None else context[i : i + batch_size].to(device, dtype)
+            out.append(flow.log_prob(x[i : i + batch_size].to(device, dtype), c).cpu())
+    flow.train(was_training)
+    return torch.cat(out) if out else torch.empty(0)
+
+
+@dataclass
+class Evaluation:
+    """Mean log-likelihood in nats per example with its standard error over ``n`` examples."""
+
+    mean: float
+    stderr: float
+    n: int
+
+    @classmethod
+    def of(cls, values: Tensor) -> "Evaluation":
+        values = values.double()
+        n = len(values)
+        stderr = float(values.std() / math.sqrt(n)) if n > 1 else float("nan")
+        return cls(float(values.mean()), stderr, n)
+
+
+def evaluate(flow: Flow, data: Data, batch_size: int = 1000) -> Evaluation:
+    """Mean test log-likelihood (nats per example) with its standard error."""
+    return Evaluation.of(log_likelihoods(flow, data, batch_size))
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` did: the per-epoch ``history`` (train loss and validation
+    log-likelihood in nats), the best epoch and its validation log-likelihood, why it stopped
+    ("epochs", "early stopping", "time budget", "interrupted"), and the training seconds."""
+
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = -1
+    best_valid: float = -math.inf
+    stopped: str = ""
+    seconds: float = 0.0
+
+
+def fit(
+    flow: Flow,
+    train: Data,
+    valid: Data | None = None,
+    *,
+    epochs: int = 100,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    schedule: str | None = None,
+    clip_grad: float | None = None,
+    patience: int | None = 10,
+    max_minutes: float | None = None,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = False,
+) -> FitResult:
+    r"""Train ``flow`` by maximum likelihood: minimise -mean log p(x) (nats) with Adam.
+
+    After each epoch the validation log-likelihood is measured; the best weights are kept and
+    restored at the end, and training stops after ``patience`` epochs without improvement.
+    Ctrl-C saves a checkpoint (when ``checkpoint`` is given) and returns with
+    ``stopped="interrupted"``; ``resume=True`` continues from that checkpoint.
+
+    Shapes: train, valid: x (N, *event) or a pair (x, context (N, context_features)).
+
+    Args:
+        flow: the flow to train, in place (moved to ``device`` and ``dtype``).
+        train, valid: the data; without ``valid`` the training loss decides the best weights.
+        epochs: the largest number of passes over ``train``.
+        batch_size, lr, weight_decay: mini-batch size, Adam's learning rate and weight decay.
+        schedule: None or "cosine" (cosine decay of the learning rate over ``epochs``).
+        clip_grad: largest gradient norm, or None.
+        patience: epochs without validation improvement before stopping; None never stops.
+        max_minutes: wall-clock budget for training, checked after every step.
+        seed: seeds the order of the mini-batches (seed the flow itself with torch.manual_seed).
+        dtype: float32 by default, float64 on request.
+        device: where to train.
+        progress: show a progress bar with the running loss.
+        checkpoint: a file path; written atomically after every epoch and on Ctrl-C.
+        resume: continue from ``checkpoint`` (model, optimiser, schedule, history, best weights).
+
+    Raises:
+        ValueError: for an unknown ``schedule``, empty data, or a loss that becomes NaN/inf.
+        FileNotFoundError: if ``resume`` is set and the checkpoint does not exist.
+    """
+    if schedule not in (None, "cosine"):
+        raise ValueError(f"unknown schedule {schedule!r}; choose cosine or None")
+    x_train, c_train = _split(train)
+    if len(x_train) == 0:
+        raise ValueError("the training data are empty")
+    flow.to(device=device, dtype=dtype)
+    optimizer = torch.optim.Adam(flow.parameters(), lr=lr, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs) if schedule == "cosine" else None
+    result, best_state, start_epoch = FitResult(), copy.deepcopy(flow.state_dict()), 0
+    if resume:
+        if checkpoint is None or not Path(checkpoint).exists():
+            raise FileNotFoundError(f"no checkpoint to resume from: {checkpoint}")
+        state = torch.load(checkpoint, map_location=device, weights_only=True)
+        flow.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler"):
+            scheduler.load_state_dict(state["scheduler"])
+        best_state, start_epoch = state["best_model"], state["epoch"]
+        result.history, result.best_epoch, result.best_valid = state["history"], state["best_epoch"], state["best_valid"]
+
+    def save() -> None:
+        if checkpoint is not None:
+            save_atomic({
+                "model": flow.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler else None, "best_model": best_state,
+                "epoch": len(result.history), "history": result.history,
+                "best_epoch": result.best_epoch, "best_valid": result.best_valid,
+            }, checkpoint)
+
+    start = time.perf_counter()
+    deadline = None if max_minutes is None else start + 60 * max_minutes
+    steps = math.ceil(len(x_train) / batch_size)
+    try:
+        for epoch in range(start_epoch, epochs):
+            g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+            order = torch.randperm(len(x_train), generator=g)
+            flow.train()
+            total, count = 0.0, 0
+            bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
+            for i in bar:
+                idx = order[i * batch_size : (i + 1) * batch_size]
+                x = x_train[idx].to(device, dtype)
+                c = None if c_train is None else c_train[idx].to(device, dtype)
+                loss = -flow.log_prob(x, c).mean()
+                if not torch.isfinite(loss):
+                    raise ValueError(f"the loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; "
+                                     "try a smaller learning rate or gradient clipping")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if clip_grad is not None:
+                    torch.nn.utils.clip_grad_norm_(flow.parameters(), clip_grad)
+                optimizer.step()
+                total, count = total + loss.item() * len(idx), count + len(idx)
+                bar.set_postfix(loss=f"{total / count:.3f}")
+                if deadline is not None and time.perf_counter() > deadline:
+                    result.stopped = "time budget"
+                    break
+            if scheduler is not None:
+                scheduler.step()
+            score = evaluate(flow, valid).mean if valid is not None else -total / count
+            result.history.append({"epoch": epoch + 1, "train_loss": total / count, "valid_log_likelihood": score,
+                                   "seconds": time.perf_counter() - start})
+            if progress:
+                tqdm.write(f"epoch {epoch + 1}: train loss {total / count:.4f}, valid log-likelihood {score:.4f}")
+            if score > result.best_valid:
+                result.best_epoch, result.best_valid = epoch + 1, score
+                best_state = copy.deepcopy(flow.state_dict())
+            save()
+            if result.stopped:
+                break
+            if patience is not None and epoch + 1 - result.best_epoch >= patience:
+                result.stopped = "early stopping"
+                break
+        else:
+            result.stopped = "epochs"
+    except KeyboardInterrupt:
+        save()
+        result.stopped = "interrupted"
+        result.seconds = time.perf_counter() - start
+        return result
+    flow.load_state_dict(best_state)
+    flow.eval()
+    result.seconds = time.perf_counter() - start
+    return result

@@ -1,0 +1,475 @@
+"""Tests of pushforward.data: toys, digits, MNIST, user files and the MAF tabular benchmarks.
+
+Expected arrays are re-derived here with a few lines of numpy/pandas that follow the documented
+procedure (the MAF paper's loaders), not with the package's own helpers.
+"""
+
+from __future__ import annotations
+
+import gzip
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pushforward.data import (
+    NAMES,
+    TOYS,
+    DataError,
+    DataSet,
+    bsds300,
+    digits,
+    from_file,
+    gas,
+    hepmass,
+    load,
+    miniboone,
+    mnist,
+    mnist_labels,
+    power,
+    read_array,
+    read_idx,
+    toy,
+)
+
+MNIST_DIRS = [Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist", Path("/work/shared/data/mnist")]
+MNIST_DIR = next((d for d in MNIST_DIRS if (d / "train-images-idx3-ubyte.gz").is_file()), None)
+
+
+def stacked(data: DataSet) -> np.ndarray:
+    return torch.cat([data.train, data.valid, data.test]).numpy()
+
+
+def sizes(data: DataSet) -> tuple[int, int, int]:
+    return len(data.train), len(data.valid), len(data.test)
+
+
+# ---------------------------------------------------------------------------------------------
+# toys
+
+
+@pytest.mark.parametrize("name", list(TOYS))
+def test_toy_shape_finite_and_seeded(name):
+    x = toy(name, 1000, seed=0)
+    assert x.shape == (1000, 2) and x.dtype == torch.float32
+    assert torch.isfinite(x).all() and x.abs().max() < 6
+    assert torch.equal(x, toy(name, 1000, seed=0))
+    assert not torch.allclose(x, toy(name, 1000, seed=1))
+
+
+def test_toy_dataset_sizes_and_seeds():
+    data = load("moons")
+    assert sizes(data) == (10_000, 2_000, 2_000) and data.features == 2
+    assert data.space == "data" and data.to_data is None and data.levels is None
+    assert torch.equal(data.train, toy("moons", 10_000, seed=0))
+    assert not torch.allclose(data.valid, data.test)
+    small = load("Moons", n=300, seed=2)
+    assert len(small.train) == 300 and torch.equal(small.train, toy("moons", 300, seed=6))
+
+
+def test_toy_errors():
+    with pytest.raises(DataError, match="unknown toy density 'banana'"):
+        toy("banana", 10)
+    with pytest.raises(DataError, match="at least 1"):
+        toy("moons", 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# digits
+
+
+def test_digits_split_range_and_seed():
+    from sklearn.datasets import load_digits
+
+    values = load_digits().data
+    n = len(values)
+    data = digits(seed=0)
+    assert sizes(data) == (int(0.8 * n), int(0.1 * n), n - int(0.8 * n) - int(0.1 * n)) == (1437, 179, 181)
+    assert data.image_shape == (1, 8, 8) and data.levels == 17 and data.features == 64
+    x = stacked(data)
+    assert x.min() >= 0 and x.max() < 17
+    np.testing.assert_array_equal(np.floor(x), values[np.random.RandomState(0).permutation(n)])
+    assert torch.equal(digits(seed=0).train, data.train)
+    assert not torch.equal(digits(seed=1).train, data.train)
+
+
+# ---------------------------------------------------------------------------------------------
+# MNIST on the real files
+
+needs_mnist = pytest.mark.skipif(MNIST_DIR is None, reason="MNIST IDX files not found in ../shared/data/mnist")
+
+
+@pytest.fixture(scope="module")
+def mnist_data():
+    return mnist(MNIST_DIR)
+
+
+@needs_mnist
+def test_mnist_splits_and_attributes(mnist_data):
+    assert sizes(mnist_data) == (50_000, 10_000, 10_000)
+    assert mnist_data.features == 784 and mnist_data.image_shape == (1, 28, 28)
+    assert mnist_data.space == "logit" and mnist_data.levels == 256
+    assert mnist_data.train.dtype == torch.float32
+
+
+@needs_mnist
+def test_mnist_labels_and_pixels():
+    train = np.concatenate([mnist_labels(MNIST_DIR, "train"), mnist_labels(MNIST_DIR, "valid")])
+    assert np.bincount(train).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+    test = mnist_labels(MNIST_DIR, "test")
+    assert np.bincount(test).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    images = read_idx(MNIST_DIR / "train-images-idx3-ubyte.gz")
+    assert images.shape == (60_000, 28, 28) and images.dtype == np.uint8
+    assert images.mean() == pytest.approx(33.318, abs=5e-4)
+    with pytest.raises(DataError, match="unknown split"):
+        mnist_labels(MNIST_DIR, "dev")
+
+
+@needs_mnist
+def test_mnist_to_data_gives_back_pixels(mnist_data):
+    pixels = read_idx(MNIST_DIR / "t10k-images-idx3-ubyte.gz").reshape(10_000, 784).astype(np.float64)
+    x, ladj = mnist_data.to_data(mnist_data.test.double())
+    x = x.numpy()
+    assert ladj.shape == (10_000,) and torch.isfinite(ladj).all()
+    assert x.min() >= 0 and x.max() < 256 + 1e-3
+    # Logits stored in float32 move a value by about 1e-6 pixel, which can cross an integer
+    # only when the noise u lies that close to 0 or 1.
+    wrong = np.floor(x) != pixels
+    assert wrong.mean() < 1e-5
+    assert np.abs(x[wrong] - np.round(x[wrong])).max(initial=0) < 1e-4
+
+
+@needs_mnist
+def test_mnist_noise_follows_maf_order(mnist_data):
+    alpha = 1e-6
+    pixels = read_idx(MNIST_DIR / "t10k-images-idx3-ubyte.gz").reshape(10_000, 784)[:3]
+    rng = np.random.RandomState(42)
+    for _ in range(12):  # the 50,000 train then 10,000 valid rows come first
+        rng.rand(5_000, 784)
+    p = alpha + (1 - 2 * alpha) * (pixels + rng.rand(3, 784)) / 256
+    np.testing.assert_allclose(mnist_data.test[:3].numpy(), np.log(p / (1 - p)), rtol=1e-6, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# IDX files
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool = False) -> Path:
+    header = bytes([0, 0, 0x08, array.ndim]) + np.array(array.shape, ">i4").tobytes()
+    raw = header + array.astype(np.uint8).tobytes()
+    path.write_bytes(gzip.compress(raw) if compress else raw)
+    return path
+
+
+def write_mnist(folder: Path, n_train: int = 12, n_test: int = 6, compress: bool = True) -> dict:
+    rng = np.random.RandomState(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {
+        "train-images-idx3-ubyte": rng.randint(0, 256, (n_train, 4, 5)),
+        "train-labels-idx1-ubyte": rng.randint(0, 10, n_train),
+        "t10k-images-idx3-ubyte": rng.randint(0, 256, (n_test, 4, 5)),
+        "t10k-labels-idx1-ubyte": rng.randint(0, 10, n_test),
+    }
+    for name, array in arrays.items():
+        write_idx(folder / (name + (".gz" if compress else "")), array, compress)
+    return arrays
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_read_idx(tmp_path, compress):
+    array = np.arange(24).reshape(2, 3, 4)
+    out = read_idx(write_idx(tmp_path / "a-idx3-ubyte", array, compress))
+    assert out.dtype == np.uint8 and out.shape == (2, 3, 4)
+    np.testing.assert_array_equal(out, array)
+
+
+def test_read_idx_corrupt(tmp_path):
+    path = write_idx(tmp_path / "x", np.zeros((3, 2, 2)))
+    path.write_bytes(path.read_bytes()[:-1])
+    with pytest.raises(DataError, match="corrupt IDX file"):
+        read_idx(path)
+    path.write_bytes(b"\x12\x34\x08\x01abcd")
+    with pytest.raises(DataError, match="not an IDX file"):
+        read_idx(path)
+    path.write_bytes(b"\x1f\x8b" + b"garbage")
+    with pytest.raises(DataError, match="gzip"):
+        read_idx(path)
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_mnist_on_small_idx_files(tmp_path, compress):
+    arrays = write_mnist(tmp_path / "mnist", compress=compress)
+    data = load("mnist", str(tmp_path))  # a parent holding mnist/
+    assert sizes(data) == (10, 2, 6) and data.image_shape == (1, 4, 5)
+    pixels = np.concatenate([arrays["train-images-idx3-ubyte"], arrays["t10k-images-idx3-ubyte"]]).reshape(18, 20)
+    x, _ = data.to_data(torch.from_numpy(stacked(data)).double())
+    np.testing.assert_array_equal(np.floor(x.numpy()), pixels)
+    np.testing.assert_array_equal(mnist_labels(tmp_path / "mnist", "valid"), arrays["train-labels-idx1-ubyte"][10:])
+
+
+def test_mnist_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="data_dir"):
+        mnist(None)
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        mnist(tmp_path / "nowhere")
+    write_mnist(tmp_path)
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(FileNotFoundError, match="t10k-labels"):
+        mnist_labels(tmp_path, "test")
+    labels = (tmp_path / "train-labels-idx1-ubyte.gz").read_bytes()
+    (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(labels)
+    with pytest.raises(DataError, match="magic number 2049, expected 2051"):
+        mnist(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# user files
+
+
+@pytest.fixture
+def table():
+    return np.random.RandomState(1).randn(20, 3)
+
+
+def expected_split(array: np.ndarray, seed: int = 0) -> np.ndarray:
+    return array[np.random.RandomState(seed).permutation(len(array))]
+
+
+@pytest.mark.parametrize(
+    "name, write",
+    [
+        ("header.csv", lambda p, a: np.savetxt(p, a, delimiter=",", header="a,b,c", comments="")),
+        ("plain.csv", lambda p, a: np.savetxt(p, a, delimiter=",")),
+        ("spaces.txt", lambda p, a: p.write_text("\n".join(" \t ".join(map(str, r)) + "  " for r in a))),
+        ("spaces_header.dat", lambda p, a: p.write_text("x y z\n" + "\n".join(" ".join(map(str, r)) for r in a))),
+        ("array.npy", lambda p, a: np.save(p, a)),
+        ("single.npz", lambda p, a: np.savez(p, anything=a)),
+    ],
+)
+def test_from_file_formats(tmp_path, table, name, write):
+    write(tmp_path / name, table)
+    data = load(str(tmp_path / name), seed=3)
+    assert sizes(data) == (16, 2, 2) and data.features == 3 and data.name == Path(name).stem
+    np.testing.assert_allclose(stacked(data), expected_split(table, seed=3), rtol=1e-6)
+
+
+def test_from_file_named_splits(tmp_path, table):
+    np.savez(tmp_path / "ready.npz", train=table[:12], validation=table[12:15], test=table[15:])
+    data = from_file(tmp_path / "ready.npz")
+    assert sizes(data) == (12, 3, 5)
+    np.testing.assert_allclose(stacked(data), table, rtol=1e-6)
+    np.savez(tmp_path / "two.npz", train=table[:15], test=table[15:])
+    data = from_file(tmp_path / "two.npz", seed=2)
+    assert sizes(data) == (14, 1, 5)
+    np.testing.assert_allclose(stacked(data)[:15], expected_split(table[:15], seed=2), rtol=1e-6)
+
+
+def test_from_file_test_path(tmp_path, table):
+    np.save(tmp_path / "train.npy", table)
+    np.savetxt(tmp_path / "test.csv", table[:4] + 10, delimiter=",")
+    data = load(str(tmp_path / "train.npy"), test_path=str(tmp_path / "test.csv"), seed=5)
+    assert sizes(data) == (18, 2, 4)
+    np.testing.assert_allclose(stacked(data)[:20], expected_split(table, seed=5), rtol=1e-6)
+    np.testing.assert_allclose(data.test.numpy(), table[:4] + 10, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("empty.csv", "", "empty file"),
+        ("blank.csv", "\n  \n", "empty file"),
+        ("header_only.csv", "a,b\n", "a header row but no data"),
+        ("nan.csv", "1,2\n3,4\n5,nan\n", "1 NaN or infinite value.*row 2, column 1"),
+        ("inf.txt", "1 2\ninf -inf\n", "2 NaN or infinite value.*row 1, column 0"),
+        ("text.csv", "a,b\n1,2\n3,abc\n", "line 3: non-numeric value 'abc'"),
+        ("ragged.csv", "1,2\n3,4,5\n", "line 2: 3 values, expected 2"),
+        ("few.csv", "\n".join(f"{i},{i}" for i in range(9)), "9 rows are too few"),
+        ("data.json", "[1, 2]", "unsupported file type '.json'"),
+    ],
+)
+def test_bad_text_files(tmp_path, name, content, message):
+    (tmp_path / name).write_text(content)
+    with pytest.raises(DataError, match=message):
+        from_file(tmp_path / name)
+
+
+@pytest.mark.parametrize(
+    "name, save, message",
+    [
+        ("flat.npy", lambda p: np.save(p, np.arange(20.0)), r"expected a 2-D array .* shape \(20,\)"),
+        ("cube.npy", lambda p: np.save(p, np.zeros((20, 2, 2))), "expected a 2-D array"),
+        ("inf.npy", lambda p: np.save(p, np.array([[1.0, np.inf]] * 20)), "20 NaN or infinite"),
+        ("none.npy", lambda p: np.save(p, np.zeros((0, 3))), "empty"),
+        ("strings.npy", lambda p: np.save(p, np.array([["a", "b"]] * 20)), "expected numbers"),
+        ("objects.npy", lambda p: np.save(p, np.array([[1, None]] * 20), allow_pickle=True), "cannot read as NPY"),
+        ("names.npz", lambda p: np.savez(p, train=np.zeros((20, 2)), extra=np.zeros((20, 2))), "unknown array names"),
+        ("widths.npz", lambda p: np.savez(p, train=np.ones((20, 2)), test=np.ones((5, 3))), "different numbers"),
+    ],
+)
+def test_bad_array_files(tmp_path, name, save, message):
+    save(tmp_path / name)
+    with pytest.raises(DataError, match=message):
+        from_file(tmp_path / name)
+
+
+def test_missing_file_and_unknown_name(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.csv"):
+        from_file(tmp_path / "missing.csv")
+    with pytest.raises(DataError, match=r"unknown data set or missing file: 'xyz' \(known: moons, .*mnist"):
+        load("xyz")
+    with pytest.raises(ValueError, match="unknown data set or missing file"):
+        load(str(tmp_path / "missing.csv"))
+    with pytest.raises(DataError, match="test_path applies to files only"):
+        load("digits", test_path="x.csv")
+    with pytest.raises(DataError, match="n must be between 1 and 1437"):
+        load("digits", n=5000)
+    assert set(TOYS) < set(NAMES) and issubclass(DataError, ValueError)
+
+
+def test_read_array_and_dataset_checks(tmp_path, table):
+    np.savez(tmp_path / "two.npz", train=table, test=table)
+    with pytest.raises(DataError, match="expected one array"):
+        read_array(tmp_path / "two.npz")
+    with pytest.raises(DataError, match="same features"):
+        DataSet("bad", torch.zeros(3, 2), torch.zeros(3, 2), torch.zeros(3, 4))
+    data = DataSet("ok", torch.zeros(3, 2), torch.zeros(1, 2), torch.zeros(1, 2))
+    assert repr(data) == "DataSet(name='ok', features=2, train=3, valid=1, test=1, space='data')"
+
+
+# ---------------------------------------------------------------------------------------------
+# MAF tabular benchmarks on small files in MAF's formats
+
+
+def maf_sizes(n: int) -> tuple[int, int, int]:
+    n_test = int(0.1 * n)
+    n_valid = int(0.1 * (n - n_test))
+    return n - n_test - n_valid, n_valid, n_test
+
+
+def test_power(tmp_path):
+    raw = np.random.RandomState(7).rand(57, 8) * [5, 1, 240, 20, 30, 30, 30, 1440]
+    (tmp_path / "power").mkdir()
+    np.save(tmp_path / "power" / "data.npy", raw)
+    data = power(tmp_path)
+    assert sizes(data) == maf_sizes(57) == (47, 5, 5) and data.features == 6
+    assert data.space == "normalised" and data.to_data is None and data.levels is None
+
+    def maf_power(voltage_first: bool) -> np.ndarray:
+        rng, x = np.random.RandomState(42), raw.copy()
+        rng.shuffle(x)
+        x = np.delete(np.delete(x, 3, axis=1), 1, axis=1)
+        u, v = rng.rand(57, 1), rng.rand(57, 1)
+        voltage, active = (0.01 * u, 0.001 * v) if voltage_first else (0.01 * v, 0.001 * u)
+        x = x + np.hstack([active, voltage, rng.rand(57, 3), np.zeros((57, 1))])
+        return (x - x[:52].mean(axis=0)) / x[:52].std(axis=0)
+
+    np.testing.assert_allclose(stacked(data), maf_power(voltage_first=True), atol=1e-5)
+    assert not np.allclose(stacked(data), maf_power(voltage_first=False), atol=1e-5)
+    reference = stacked(data)[:52].astype(np.float64)
+    np.testing.assert_allclose(reference.mean(axis=0), 0, atol=1e-6)
+    np.testing.assert_allclose(reference.std(axis=0), 1, atol=1e-6)
+    assert torch.equal(power(tmp_path / "power").train, data.train)
+    np.save(tmp_path / "power" / "data.npy", raw[:, :7])
+    with pytest.raises(DataError, match="8 columns, found 7"):
+        power(tmp_path)
+
+
+def test_miniboone(tmp_path):
+    raw = np.random.RandomState(8).randn(37, 5) * [1, 2, 3, 4, 5] + 10
+    np.save(tmp_path / "data.npy", raw)
+    data = load("miniboone", str(tmp_path))
+    assert sizes(data) == maf_sizes(37) == (31, 3, 3) and data.features == 5
+    expected = (raw - raw[:34].mean(axis=0)) / raw[:34].std(axis=0)  # ddof 0, train + valid
+    np.testing.assert_allclose(stacked(data), expected, atol=1e-5)
+    np.save(tmp_path / "data.npy", np.ones((37, 2)))
+    with pytest.raises(DataError, match="constant"):
+        miniboone(tmp_path)
+
+
+def test_gas(tmp_path):
+    pd = pytest.importorskip("pandas")
+    rng = np.random.RandomState(9)
+    s1, s2, s4 = rng.randn(3, 40)
+    frame = pd.DataFrame({
+        "Time": np.arange(40.0), "Meth": rng.rand(40), "Eth": rng.rand(40),
+        "s1": s1, "s2": s2, "s3": 2 * s1 + 1, "s4": s4, "s5": s2 + 1e-3 * rng.randn(40), "s6": -s4,
+    })
+    (tmp_path / "gas").mkdir()
+    frame.to_pickle(tmp_path / "gas" / "ethylene_CO.pickle")
+    data = gas(tmp_path)
+    # s1 goes first (correlated with s3), then s2 (with s5); s6 = -s4 has correlation -1 and stays.
+    kept = frame[["s3", "s4", "s5", "s6"]]
+    expected = ((kept - kept.mean()) / kept.std()).to_numpy()  # whole set, ddof 1
+    assert sizes(data) == maf_sizes(40) == (33, 3, 4) and data.features == 4
+    np.testing.assert_allclose(stacked(data), expected, atol=1e-5)
+    frame.drop(columns="Eth").to_pickle(tmp_path / "gas" / "ethylene_CO.pickle")
+    with pytest.raises(DataError, match=r"missing \['Eth'\]"):
+        gas(tmp_path)
+
+
+def hepmass_frame(rng: np.random.RandomState, n: int, extra: bool):
+    import pandas as pd
+
+    label = (rng.rand(n) < 0.7).astype(float)
+    signal = np.flatnonzero(label == 1)
+    features = rng.randn(n, 4)
+    features[signal[:6], 1] = -9.0  # smallest signal value of f1 six times: dropped
+    features[signal[6:11], 2] = -9.0  # smallest of f2 five times: kept ...
+    features[signal[11:21], 2] = 0.5  # ... although another value repeats ten times
+    features[label == 0, 2] = -20.0  # background rows do not count
+    columns = {"# label": label, **{f"f{j}": features[:, j] for j in range(4)}}
+    if extra:
+        columns["mass"] = np.full(n, 1000.0)
+    return pd.DataFrame(columns)
+
+
+def test_hepmass(tmp_path):
+    pytest.importorskip("pandas")
+    rng = np.random.RandomState(10)
+    train, test = hepmass_frame(rng, 80, extra=False), hepmass_frame(rng, 30, extra=True)
+    train.to_csv(tmp_path / "1000_train.csv", index=False)
+    test.to_csv(tmp_path / "1000_test.csv", index=False)
+    data = hepmass(tmp_path)
+    x_train = train[train["# label"] == 1].to_numpy()[:, 1:]
+    x_test = test[test["# label"] == 1].to_numpy()[:, 1:-1]
+    mean, std = x_train.mean(axis=0), x_train.std(axis=0, ddof=1)
+    keep = [0, 2, 3]
+    n_valid = int(0.1 * len(x_train))
+    assert sizes(data) == (len(x_train) - n_valid, n_valid, len(x_test)) and data.features == 3
+    expected = (np.concatenate([x_train, x_test]) - mean) / std
+    np.testing.assert_allclose(stacked(data), expected[:, keep], atol=1e-5)
+
+
+def test_bsds300(tmp_path):
+    h5py = pytest.importorskip("h5py")
+    rng = np.random.RandomState(11)
+    parts = {"train": rng.randn(20, 63), "validation": rng.randn(4, 63), "test": rng.randn(6, 63)}
+    (tmp_path / "BSDS300").mkdir()
+    with h5py.File(tmp_path / "BSDS300" / "BSDS300.hdf5", "w") as f:
+        for key, value in parts.items():
+            f.create_dataset(key, data=value.astype(np.float32))
+    data = bsds300(tmp_path)
+    assert sizes(data) == (20, 4, 6) and data.features == 63
+    np.testing.assert_array_equal(data.valid.numpy(), parts["validation"].astype(np.float32))
+    with h5py.File(tmp_path / "BSDS300" / "BSDS300.hdf5", "w") as f:
+        f.create_dataset("train", data=np.zeros((2, 63)))
+    with pytest.raises(DataError, match=r"no dataset\(s\) \['validation', 'test'\]"):
+        bsds300(tmp_path)
+
+
+@pytest.mark.parametrize("loader", [power, gas, hepmass, miniboone, bsds300])
+def test_tabular_missing_files(tmp_path, loader):
+    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path))):
+        loader(tmp_path)
+    with pytest.raises(FileNotFoundError, match="data_dir"):
+        loader(None)
+
+
+@pytest.mark.parametrize("module, loader", [("pandas", gas), ("pandas", hepmass), ("h5py", bsds300)])
+def test_tabular_optional_imports(monkeypatch, tmp_path, module, loader):
+    monkeypatch.setitem(sys.modules, module, None)
+    with pytest.raises(ImportError, match=r"pip install pushforward\[tabular\]"):
+        loader(tmp_path)
