@@ -5,7 +5,7 @@ log-abs-det-Jacobian of the map it applied; a :class:`Flow` is the pushforward o
 distribution by a transform. See DESIGN.md for the conventions.
 """
 
-from . import distributions, flows, nn, testing, transforms
+from . import data, distributions, flows, nn, testing, transforms
 from .core import Chain, Flow, Inverse, Transform
 from .distributions import DiagNormal, StandardNormal
 from .flows import IAF, MAF, NSF, RealNVP
@@ -14,6 +14,6 @@ from .train import Evaluation, FitResult, evaluate, fit, log_likelihoods
 __all__ = [
     "Transform", "Chain", "Inverse", "Flow", "StandardNormal", "DiagNormal",
     "MAF", "IAF", "RealNVP", "NSF", "fit", "evaluate", "log_likelihoods", "FitResult", "Evaluation",
-    "flows", "distributions", "transforms", "nn", "testing",
+    "flows", "distributions", "transforms", "nn", "testing", "data",
 ]
 __version__ = "0.1.0"

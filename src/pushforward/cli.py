@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from . import data as datasets
-from .experiment import (CHECKPOINT, CONFIG, METRICS, build_flow, load_run, measure, save_run,
-                         standardisation, write_json)
+from .experiment import (CHECKPOINT, CONFIG, METRICS, build_flow, gaussian_baseline, load_run, measure,
+                         save_run, standardisation, write_json)
 from .flows import PRESETS
 from .train import fit as fit_flow
 
@@ -210,13 +210,18 @@ def fit(data, data_dir, test_file, flow_name, transforms, hidden_features, bins,
     save_run(out, flow, config)
     metrics = _metrics(flow, dataset, "test", result.seconds, out)
     metrics.update(best_epoch=result.best_epoch, best_valid_log_likelihood_nats=result.best_valid,
-                   stopped=result.stopped, history=result.history)
+                   stopped=result.stopped, history=result.history,
+                   gaussian_baseline=asdict(measure(gaussian_baseline(dataset.train), dataset, "test")))
     write_json(metrics, out / METRICS)
     _plots(out, flow, dataset, result.history)
     if not as_json:
         click.echo(f"stopped: {result.stopped} after {len(result.history)} epochs ({result.seconds:.0f} s), "
                    f"best epoch {result.best_epoch}", err=True)
     _emit({k: v for k, v in metrics.items() if k != "history"}, as_json)
+    if not as_json:
+        g = metrics["gaussian_baseline"]
+        click.echo(f"full-covariance Gaussian on the same data: {g['log_likelihood_nats']:.4f} "
+                   f"± {g['stderr_nats']:.4f} nats" + (f"; {g['bits_per_dim']:.4f} bits/dim" if g["bits_per_dim"] else ""))
     if not as_json:
         click.echo(f"wrote {out}/ (model.pt, config.json, metrics.json, PNGs)")
 
@@ -289,3 +294,5 @@ def _sample_png(x: torch.Tensor, meta: dict, output: str) -> None:
     ax.scatter(x[:, 0].numpy(), x[:, 1 % x.shape[1]].numpy(), s=2)
     fig.savefig(output, dpi=100)
     plt.close(fig)
+if __name__ == "__main__":
+    main()

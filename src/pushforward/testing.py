@@ -25,7 +25,7 @@ from .core import Chain, Inverse, Transform
 from .transforms.autoregressive import MaskedAutoregressive
 from .transforms.coupling import Coupling, alternating_mask
 from .transforms.elementwise import Affine, AffineMap, Elementwise, Sigmoid, logit_preprocessing
-from .transforms.linear import Permutation
+from .transforms.linear import LowerTriangular, Permutation
 from .transforms.normalization import ActNorm, BatchNorm
 from .transforms.splines import RQSpline
 
@@ -67,6 +67,7 @@ def _vector_examples() -> Iterator[tuple[str, Callable[[int], Transform], bool]]
     yield "elementwise-sigmoid", lambda c: Sigmoid(), False
     yield "elementwise-logit-preprocessing", lambda c: logit_preprocessing(levels=1), False
     yield "linear-permutation", lambda c: Permutation.random(d, seed=1), False
+    yield "linear-lower-triangular", lambda c: LowerTriangular(d), False
     yield "normalization-actnorm", lambda c: ActNorm(d), False
     yield "normalization-batchnorm", lambda c: BatchNorm(d), False
     yield "coupling-affine", lambda c: Coupling(half, AffineMap(), c, (8,)), True

@@ -3,12 +3,12 @@
 from .autoregressive import MaskedAutoregressive
 from .coupling import Coupling, alternating_mask
 from .elementwise import Affine, AffineMap, DomainError, Elementwise, ElementwiseMap, Sigmoid, logit_preprocessing
-from .linear import Permutation
+from .linear import LowerTriangular, Permutation
 from .normalization import ActNorm, BatchNorm
 from .splines import RQSpline, rational_quadratic_spline, with_identity_tails
 
 __all__ = [
     "MaskedAutoregressive", "Coupling", "alternating_mask", "Affine", "AffineMap", "DomainError",
-    "Elementwise", "ElementwiseMap", "Sigmoid", "logit_preprocessing", "Permutation", "ActNorm",
+    "Elementwise", "ElementwiseMap", "Sigmoid", "logit_preprocessing", "Permutation", "LowerTriangular", "ActNorm",
     "BatchNorm", "RQSpline", "rational_quadratic_spline", "with_identity_tails",
 ]

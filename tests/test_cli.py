@@ -1,0 +1,154 @@
+"""End-to-end runs of the `pushforward` command in temporary folders."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from pushforward.cli import main
+
+TINY = ["--transforms", "1", "--hidden-features", "8", "--epochs", "1", "--quiet"]
+
+
+def run(*args, ok=True):
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    if ok:
+        assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture
+def moons_run(tmp_path):
+    out = tmp_path / "moons"
+    run("fit", "--data", "moons", "--flow", "maf", *TINY, "--out", out)
+    return out
+
+
+def test_fit_writes_a_complete_run_folder(moons_run):
+    for name in ("config.json", "model.pt", "checkpoint.pt", "metrics.json", "learning_curve.png", "density.png"):
+        assert (moons_run / name).is_file(), name
+    metrics = json.loads((moons_run / "metrics.json").read_text())
+    assert metrics["n_examples"] == 2000 and metrics["split"] == "test"
+    assert np.isfinite(metrics["log_likelihood_nats"]) and metrics["stderr_nats"] > 0
+
+
+def test_fit_evaluate_sample_round_trip(moons_run, tmp_path):
+    result = run("evaluate", moons_run, "--json")
+    line = json.loads(result.output.strip().splitlines()[-1])
+    for key in ("log_likelihood_nats", "stderr_nats", "n_examples", "seconds"):
+        assert key in line
+    saved = json.loads((moons_run / "metrics.json").read_text())
+    assert line["log_likelihood_nats"] == pytest.approx(saved["log_likelihood_nats"], rel=1e-6)
+    for suffix in ("npy", "csv", "png"):
+        run("sample", moons_run, "-n", 50, "-o", tmp_path / f"s.{suffix}")
+    assert np.load(tmp_path / "s.npy").shape == (50, 2)
+    assert np.loadtxt(tmp_path / "s.csv", delimiter=",").shape == (50, 2)
+
+
+@pytest.mark.parametrize("flow", ["maf", "iaf", "realnvp", "nsf"])
+def test_every_preset_fits_from_the_command_line(flow, tmp_path):
+    result = run("fit", "--data", "moons", "--flow", flow, *TINY, "--out", tmp_path / flow, "--json")
+    metrics = json.loads(result.output.strip().splitlines()[-1])
+    assert np.isfinite(metrics["log_likelihood_nats"]) and metrics["n_examples"] == 2000
+
+
+def test_image_data_report_bits_per_dim_and_write_sample_grid(tmp_path):
+    out = tmp_path / "digits"
+    result = run("fit", "--data", "digits", *TINY, "--out", out, "--json")
+    metrics = json.loads(result.output.strip().splitlines()[-1])
+    assert metrics["bits_per_dim"] == pytest.approx(-metrics["log_likelihood_nats"] / (64 * np.log(2)))
+    assert (out / "samples.png").is_file()
+    run("sample", out, "-n", 16, "-o", tmp_path / "grid.png")
+
+
+def test_fit_without_out_names_where_it_wrote(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = run("fit", *TINY)
+    assert "wrote runs/digits-maf/" in result.output
+    assert (tmp_path / "runs" / "digits-maf" / "model.pt").is_file()
+
+
+def test_user_csv_with_separate_test_file(tmp_path):
+    rng = np.random.default_rng(0)
+    np.savetxt(tmp_path / "train.csv", rng.normal(size=(200, 3)), delimiter=",")
+    np.savetxt(tmp_path / "test.csv", rng.normal(size=(50, 3)), delimiter=",")
+    result = run("fit", "--data", tmp_path / "train.csv", "--test-file", tmp_path / "test.csv", *TINY,
+                 "--out", tmp_path / "run", "--json")
+    assert json.loads(result.output.strip().splitlines()[-1])["n_examples"] == 50
+
+
+def bad(*args):
+    result = run(*args, ok=False)
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.strip().splitlines() if line.startswith("Error")]
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+def test_bad_inputs_give_one_line_errors(tmp_path, moons_run):
+    nan = tmp_path / "nan.csv"
+    nan.write_text("1,2\n3,nan\n" + "1,2\n" * 20)
+    assert "NaN" in bad("fit", "--data", nan, "--out", tmp_path / "a")
+    inf = tmp_path / "inf.csv"
+    inf.write_text("1,2\n3,inf\n" + "1,2\n" * 20)
+    assert "infinite" in bad("fit", "--data", inf, "--out", tmp_path / "b")
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    assert "empty" in bad("fit", "--data", empty, "--out", tmp_path / "c").lower()
+    assert "unknown data set" in bad("fit", "--data", "no-such-data", "--out", tmp_path / "d")
+    assert "no-such-flow" in bad("fit", "--flow", "no-such-flow")
+    three = tmp_path / "three.npy"
+    np.save(three, np.random.default_rng(0).normal(size=(30, 3)))
+    assert "3 columns" in bad("evaluate", moons_run, "--data", three)
+    assert "not found" in bad("evaluate", tmp_path / "no-run")
+    assert "mnist" in bad("fit", "--data", "mnist", "--data-dir", tmp_path / "nothing-here", "--out", tmp_path / "e")
+    for name in ("a", "b", "c", "d", "e"):
+        assert not (tmp_path / name / "model.pt").exists()
+
+
+def test_corrupted_run_is_reported_and_existing_results_are_untouched(tmp_path, moons_run):
+    before = (moons_run / "model.pt").read_bytes()
+    assert "already holds a run" in bad("fit", "--data", "moons", "--out", moons_run)
+    assert (moons_run / "model.pt").read_bytes() == before
+    (moons_run / "model.pt").write_bytes(b"not a checkpoint")
+    assert "corrupted" in bad("evaluate", moons_run)
+    assert "corrupted" in bad("sample", moons_run, "-n", 5, "-o", tmp_path / "x.npy")
+    (moons_run / "config.json").write_text("{ broken")
+    assert "corrupted" in bad("evaluate", moons_run)
+
+
+def test_help_explains_every_option():
+    for command in ("fit", "evaluate", "sample"):
+        text = run(command, "--help").output
+        for param in main.commands[command].params:
+            if param.param_type_name == "option":
+                assert param.opts[-1] in text
+                assert param.help, f"{command} {param.opts[-1]} has no help"
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_continues(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "pushforward.cli", "fit", "--data", "digits", "--epochs", "400", "--patience",
+           "400", "--hidden-features", "64", "--quiet", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (out / "checkpoint.pt").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "pushforward fit --resume" in err and "Traceback" not in err
+    done = json.loads(subprocess.run(
+        [sys.executable, "-m", "pushforward.cli", "fit", "--resume", str(out), "--epochs", "3", "--json", "--quiet"],
+        capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+    assert done["n_examples"] == 181
+    history = json.loads((out / "metrics.json").read_text())["history"]
+    assert [h["epoch"] for h in history] == list(range(1, len(history) + 1))
+    assert os.path.getsize(out / "model.pt") > 0
