@@ -12,6 +12,7 @@ in an existing run folder is changed.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import sys
 import time
@@ -52,6 +53,18 @@ def _hidden(text: str) -> tuple[int, ...]:
     if not sizes or min(sizes) < 1:
         raise click.BadParameter(f"expected positive sizes like 512,512, got {text!r}")
     return sizes
+
+
+def _preset_kwargs(flow: str, options: dict) -> dict:
+    """The options that the preset's signature takes; an option set on the command line that it
+    does not take is an error."""
+    accepted = inspect.signature(PRESETS[flow]).parameters
+    ctx = click.get_current_context()
+    for name, value in options.items():
+        given = ctx.get_parameter_source(name).name != "DEFAULT"
+        if name not in accepted and given:
+            raise click.UsageError(f"--{name.replace('_', '-')} does not apply to --flow {flow}")
+    return {k: v for k, v in options.items() if k in accepted and v is not None}
 
 
 def _load_data(spec: dict) -> datasets.DataSet:
@@ -173,11 +186,10 @@ def fit(data, data_dir, test_file, flow_name, transforms, hidden_features, bins,
         out = Path(out) if out else _default_out(data, flow_name)
         if (out / CONFIG).exists() and not overwrite:
             raise click.ClickException(f"'{out}' already holds a run; use --overwrite, --resume or another --out")
-        kwargs = {"transforms": transforms, "normalization": None if normalization == "none" else normalization}
-        if hidden_features:
-            kwargs["hidden_features"] = _hidden(hidden_features)
-        if flow_name == "nsf":
-            kwargs.update(bins=bins, autoregressive=autoregressive)
+        kwargs = _preset_kwargs(flow_name, {
+            "transforms": transforms, "normalization": None if normalization == "none" else normalization,
+            "hidden_features": _hidden(hidden_features) if hidden_features else None, "bins": bins,
+            "autoregressive": autoregressive})
         config = {
             "flow": flow_name, "flow_kwargs": kwargs,
             "data": {"name": data, "data_dir": data_dir, "seed": seed, "test_path": test_file},
@@ -202,6 +214,7 @@ def fit(data, data_dir, test_file, flow_name, transforms, hidden_features, bins,
                       lr=tc["lr"], weight_decay=tc["weight_decay"], schedule=tc["schedule"],
                       clip_grad=tc["clip_grad"], patience=tc["patience"], max_minutes=tc["max_minutes"],
                       seed=tc["seed"], dtype=getattr(torch, tc["dtype"]), device=device, progress=not quiet,
+                      verbose=not as_json,
                       checkpoint=out / CHECKPOINT, resume=bool(resume))
     if result.stopped == "interrupted":
         click.echo(f"interrupted: checkpoint saved; continue with: pushforward fit --resume {out}", err=True)

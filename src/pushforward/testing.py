@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from .core import Chain, Inverse, Transform
 from .transforms.autoregressive import MaskedAutoregressive
 from .transforms.coupling import Coupling, alternating_mask
-from .transforms.elementwise import Affine, AffineMap, Elementwise, Sigmoid, logit_preprocessing
+from .transforms.elementwise import AdditiveMap, Affine, AffineMap, Elementwise, Sigmoid, logit_preprocessing
 from .transforms.linear import LowerTriangular, Permutation
 from .transforms.normalization import ActNorm, BatchNorm
 from .transforms.splines import RQSpline
@@ -71,6 +71,7 @@ def _vector_examples() -> Iterator[tuple[str, Callable[[int], Transform], bool]]
     yield "normalization-actnorm", lambda c: ActNorm(d), False
     yield "normalization-batchnorm", lambda c: BatchNorm(d), False
     yield "coupling-affine", lambda c: Coupling(half, AffineMap(), c, (8,)), True
+    yield "coupling-additive", lambda c: Coupling(half, AdditiveMap(), c, (8,)), True
     yield "coupling-rq-spline", lambda c: Coupling(half, RQSpline(bins=4, bound=2.0), c, (8,)), True
     yield "autoregressive-affine", lambda c: MaskedAutoregressive(d, AffineMap(), c, (8, 8), order=[2, 0, 4, 1, 3]), True
     yield "autoregressive-affine-inverse", lambda c: Inverse(MaskedAutoregressive(d, AffineMap(), c, (8,))), True

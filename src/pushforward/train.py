@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -119,6 +120,7 @@ def fit(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    verbose: bool = False,
     checkpoint: str | os.PathLike | None = None,
     resume: bool = False,
 ) -> FitResult:
@@ -144,6 +146,7 @@ def fit(
         dtype: float32 by default, float64 on request.
         device: where to train.
         progress: show a progress bar with the running loss.
+        verbose: print one line per epoch (train loss, validation log-likelihood) to stderr.
         checkpoint: a file path; written atomically after every epoch and on Ctrl-C.
         resume: continue from ``checkpoint`` (model, optimiser, schedule, history, best weights).
 
@@ -213,8 +216,8 @@ def fit(
             score = evaluate(flow, valid).mean if valid is not None else -total / count
             result.history.append({"epoch": epoch + 1, "train_loss": total / count, "valid_log_likelihood": score,
                                    "seconds": time.perf_counter() - start})
-            if progress:
-                tqdm.write(f"epoch {epoch + 1}: train loss {total / count:.4f}, valid log-likelihood {score:.4f}")
+            if verbose:
+                tqdm.write(f"epoch {epoch + 1}: train loss {total / count:.4f}, valid log-likelihood {score:.4f}", file=sys.stderr)
             if score > result.best_valid:
                 result.best_epoch, result.best_valid = epoch + 1, score
                 best_state = copy.deepcopy(flow.state_dict())

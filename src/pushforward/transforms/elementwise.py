@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from ..core import Chain, Transform, sum_rightmost
 
-__all__ = ["ElementwiseMap", "AffineMap", "Elementwise", "Affine", "Sigmoid", "DomainError", "logit_preprocessing"]
+__all__ = ["ElementwiseMap", "AffineMap", "AdditiveMap", "Elementwise", "Affine", "Sigmoid", "DomainError", "logit_preprocessing"]
 
 
 class DomainError(ValueError):
@@ -78,6 +78,24 @@ class AffineMap(ElementwiseMap):
     def inverse(self, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
         shift, log_scale = self._unpack(h)
         return (x - shift) * torch.exp(-log_scale), -log_scale
+
+
+class AdditiveMap(ElementwiseMap):
+    r"""Additive (volume-preserving) map x = z + t; ladj = 0.
+
+    Shapes: z, x (*shape); h (*shape, 1).
+
+    Reference: Dinh, Krueger & Bengio. NICE: Non-linear independent components estimation.
+    ICLR 2015 workshop, section 3.2.
+    """
+
+    params = 1
+
+    def forward(self, z: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        return z + h[..., 0], torch.zeros_like(z)
+
+    def inverse(self, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        return x - h[..., 0], torch.zeros_like(x)
 
 
 class Elementwise(Transform):

@@ -1,5 +1,5 @@
-r"""Named flows with the defaults of their papers. Each is a :class:`~pushforward.core.Flow`
-with a standard normal base and a chain of layers."""
+r"""The classic presets: MAF, IAF, RealNVP and NSF, each a :class:`~pushforward.core.Flow`
+with a standard normal base and a chain of layers, with the defaults of its paper."""
 
 from __future__ import annotations
 
@@ -8,23 +8,23 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from .core import Chain, Flow, Inverse, Transform
-from .distributions import StandardNormal
-from .transforms.autoregressive import MaskedAutoregressive
-from .transforms.coupling import Coupling, alternating_mask
-from .transforms.elementwise import AffineMap, ElementwiseMap
-from .transforms.linear import Permutation
-from .transforms.normalization import ActNorm, BatchNorm
-from .transforms.splines import RQSpline
+from ..core import Chain, Flow, Inverse, Transform
+from ..distributions import StandardNormal
+from ..transforms.autoregressive import MaskedAutoregressive
+from ..transforms.coupling import Coupling, alternating_mask
+from ..transforms.elementwise import AffineMap, ElementwiseMap
+from ..transforms.linear import Permutation
+from ..transforms.normalization import ActNorm, BatchNorm
+from ..transforms.splines import RQSpline
 
-__all__ = ["MAF", "IAF", "RealNVP", "NSF", "PRESETS"]
+__all__ = ["MAF", "IAF", "RealNVP", "NSF", "stack"]
 
 _NORMALIZATIONS: dict[str | None, Callable[[int], Transform] | None] = {
     None: None, "none": None, "batch": BatchNorm, "act": ActNorm,
 }
 
 
-def _stack(layers: Sequence[Transform], features: int, normalization: str | None) -> Chain:
+def stack(layers: Sequence[Transform], features: int, normalization: str | None) -> Chain:
     """Chain the layers with a normalisation layer ("batch", "act" or None) after each but the last."""
     if normalization not in _NORMALIZATIONS:
         raise ValueError(f"unknown normalization {normalization!r}; choose batch, act or none")
@@ -92,7 +92,7 @@ class MAF(Flow):
                  hidden_features: Sequence[int] = (512, 512), normalization: str | None = None,
                  activation: type[nn.Module] = nn.ReLU):
         layers = _autoregressive(features, AffineMap, context_features, transforms, hidden_features, activation)
-        super().__init__(StandardNormal(features), _stack(layers, features, normalization))
+        super().__init__(StandardNormal(features), stack(layers, features, normalization))
 
 
 class IAF(Flow):
@@ -115,7 +115,7 @@ class IAF(Flow):
                  activation: type[nn.Module] = nn.ReLU):
         layers = _autoregressive(features, AffineMap, context_features, transforms, hidden_features,
                                  activation, inverse=True)
-        super().__init__(StandardNormal(features), _stack(layers, features, normalization))
+        super().__init__(StandardNormal(features), stack(layers, features, normalization))
 
 
 class RealNVP(Flow):
@@ -146,7 +146,7 @@ class RealNVP(Flow):
                  hidden_features: Sequence[int] = (256, 256), masks: str = "alternate",
                  normalization: str | None = None, activation: type[nn.Module] = nn.ReLU):
         layers = _coupling(features, AffineMap, context_features, transforms, hidden_features, activation, masks)
-        super().__init__(StandardNormal(features), _stack(layers, features, normalization))
+        super().__init__(StandardNormal(features), stack(layers, features, normalization))
 
 
 class NSF(Flow):
@@ -182,7 +182,5 @@ class NSF(Flow):
 
         build = _autoregressive if autoregressive else _coupling
         layers = build(features, spline, context_features, transforms, hidden_features, activation)
-        super().__init__(StandardNormal(features), _stack(layers, features, normalization))
+        super().__init__(StandardNormal(features), stack(layers, features, normalization))
 
-
-PRESETS: dict[str, type[Flow]] = {"maf": MAF, "iaf": IAF, "realnvp": RealNVP, "nsf": NSF}

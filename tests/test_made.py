@@ -1,0 +1,178 @@
+"""MADE and the masked autoregressive layer: autoregressive structure of their Jacobians.
+
+Round trips, ladj and gradients of ``MaskedAutoregressive`` are in the registry contract
+(tests/test_transforms.py); here the family-only checks: which outputs may depend on which
+inputs, under any order, any depth, with and without context.
+"""
+
+import pytest
+import torch
+from torch import nn
+from torch.autograd.functional import jacobian
+
+from pushforward.nn import MADE
+from pushforward.testing import perturb
+from pushforward.transforms import AffineMap, MaskedAutoregressive, RQSpline
+
+
+def orders(features: int) -> list[tuple[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(features)
+    out = [("natural", torch.arange(features)), ("reversed", torch.arange(features - 1, -1, -1))]
+    out += [(f"random{i}", torch.randperm(features, generator=g)) for i in range(2)]
+    return out
+
+
+def made_cases():
+    for features in (1, 2, 5):
+        for name, order in orders(features):
+            if features == 1 and name != "natural":
+                continue
+            for hidden in ((16,), (16, 12), (10, 16, 8)):
+                for params in (1, 3):
+                    for context_features in (0, 2):
+                        yield pytest.param(features, order, hidden, params, context_features,
+                                           id=f"D{features}-{name}-h{len(hidden)}-p{params}-c{context_features}")
+
+
+def allowed(order: torch.Tensor) -> torch.Tensor:
+    """allowed[i, j]: output i may depend on input j, i.e. order[j] < order[i]."""
+    return order[None, :] < order[:, None]
+
+
+def made_jacobians(made: MADE, features: int, context_features: int, n: int = 32):
+    """Jacobians of MADE at n random points: d out / d x (n, D, P, D) and d out / d c (n, D, P, C).
+
+    Examples do not interact, so the Jacobian of the batch sum gives every example's own.
+    """
+    g = torch.Generator().manual_seed(1)
+    x = 2 * torch.randn(n, features, generator=g, dtype=torch.float64)
+    c = torch.randn(n, context_features, generator=g, dtype=torch.float64)
+    if not context_features:
+        return jacobian(lambda x: made(x).sum(0), x).movedim(2, 0), None
+    jx, jc = jacobian(lambda x, c: made(x, c).sum(0), (x, c))
+    return jx.movedim(2, 0), jc.movedim(2, 0)
+
+
+@pytest.mark.parametrize("features, order, hidden, params, context_features", made_cases())
+def test_made_jacobian_is_strictly_triangular_under_the_order(features, order, hidden, params, context_features):
+    mask = allowed(order)[:, None, :].expand(features, params, features)
+    # ReLU: exact zeros from dead units must not hide anything; tanh: every weight path counts,
+    # so the dependencies MADE is meant to create all show up
+    for activation in (nn.ReLU, nn.Tanh):
+        torch.manual_seed(0)
+        made = perturb(MADE(features, params, context_features, hidden, order=order, activation=activation).double())
+        jx, jc = made_jacobians(made, features, context_features)
+        assert jx.shape == (32, features, params, features)
+        nonzero = jx.ne(0).any(0)  # (D, P, D): depends on the input at some point
+        forbidden = nonzero & ~mask
+        assert not forbidden.any(), f"outputs depend on inputs they may not: {forbidden.nonzero().tolist()}"
+        if activation is nn.Tanh:
+            # each degree 1..D-1 has hidden units, so every allowed pair is connected
+            missing = mask & ~nonzero
+            assert not missing.any(), f"allowed dependencies never used: {missing.nonzero().tolist()}"
+            if context_features:
+                # the context reaches every output, also those of the first feature in the order
+                reached = jc.ne(0).any(0).any(-1)
+                assert reached.all(), f"outputs the context does not reach: {(~reached).nonzero().tolist()}"
+
+
+@pytest.mark.parametrize("features", [1, 2, 5])
+def test_made_starts_at_zero_output(features):
+    made = MADE(features, 3, 2, (16, 16), order=torch.randperm(features)).double()
+    out = made(torch.randn(4, features, dtype=torch.float64), torch.randn(4, 2, dtype=torch.float64))
+    assert out.shape == (4, features, 3)
+    assert torch.equal(out, torch.zeros_like(out))
+
+
+def test_made_output_shape_with_batch_dims():
+    made = perturb(MADE(4, 2, 3, (8,)).double())
+    out = made(torch.randn(2, 5, 4, dtype=torch.float64), torch.randn(2, 5, 3, dtype=torch.float64))
+    assert out.shape == (2, 5, 4, 2)
+
+
+def test_made_order_given_as_list_equals_tensor():
+    a = perturb(MADE(4, 2, 0, (8,), order=[2, 0, 3, 1]).double())
+    b = MADE(4, 2, 0, (8,), order=torch.tensor([2, 0, 3, 1])).double()
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(3, 4, dtype=torch.float64)
+    torch.testing.assert_close(a(x), b(x))
+    assert a.order.tolist() == [2, 0, 3, 1]
+
+
+@pytest.mark.parametrize("order", [[0, 0, 1], [1, 2, 3], [0, 1], [0, 1, 2, 3], [-1, 0, 1]],
+                         ids=["repeated", "shifted", "short", "long", "negative"])
+def test_made_invalid_order_raises(order):
+    with pytest.raises(ValueError, match="permutation"):
+        MADE(3, 2, order=order)
+
+
+def test_made_needs_its_context():
+    made = MADE(3, 2, context_features=2, hidden_features=(8,))
+    with pytest.raises(ValueError, match="context"):
+        made(torch.randn(4, 3))
+
+
+# --- MaskedAutoregressive ------------------------------------------------------------------
+
+def layer_cases():
+    for features in (1, 2, 5):
+        for name, order in orders(features):
+            if features == 1 and name != "natural":
+                continue
+            for map_name, build in (("affine", AffineMap), ("spline", lambda: RQSpline(bins=4, bound=2.0))):
+                for context_features in (0, 2):
+                    yield pytest.param(features, order, build, context_features,
+                                       id=f"D{features}-{name}-{map_name}-c{context_features}")
+
+
+def build_layer(features, order, build, context_features):
+    layer = MaskedAutoregressive(features, build(), context_features, (16, 16), order=order)
+    return perturb(layer.double()).eval()
+
+
+@pytest.mark.parametrize("features, order, build, context_features", layer_cases())
+def test_masked_autoregressive_forward_inverts_inverse_exactly(features, order, build, context_features):
+    layer = build_layer(features, order, build, context_features)
+    g = torch.Generator().manual_seed(2)
+    x = 1.5 * torch.randn(7, features, generator=g, dtype=torch.float64)
+    c = torch.randn(7, context_features, generator=g, dtype=torch.float64) if context_features else None
+    z, ladj_inv = layer.inverse(x, c)
+    x2, ladj = layer(z, c)
+    torch.testing.assert_close(x2, x, atol=1e-12, rtol=0)
+    torch.testing.assert_close(ladj, -ladj_inv, atol=1e-12, rtol=0)
+    # and the map is not the identity (else the test above proves nothing)
+    assert (z - x).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("features, order, build, context_features", layer_cases())
+def test_masked_autoregressive_jacobian_is_triangular_under_the_order(features, order, build, context_features):
+    layer = build_layer(features, order, build, context_features)
+    g = torch.Generator().manual_seed(3)
+    structure = allowed(order) | torch.eye(features, dtype=torch.bool)
+    for direction in (layer.inverse, layer.forward):
+        nonzero = torch.zeros(features, features, dtype=torch.bool)
+        for _ in range(4):
+            u = 1.5 * torch.randn(features, generator=g, dtype=torch.float64)
+            c = torch.randn(1, context_features, generator=g, dtype=torch.float64) if context_features else None
+            jac = jacobian(lambda v: direction(v.unsqueeze(0), c)[0].squeeze(0), u)
+            assert (jac.diagonal() > 0).all(), "the element-wise maps are increasing"
+            nonzero |= jac.ne(0)
+        forbidden = nonzero & ~structure
+        assert not forbidden.any(), f"{direction.__name__}: forbidden dependencies {forbidden.nonzero().tolist()}"
+        if features > 1:
+            assert (nonzero & allowed(order)).any(), "no dependency between features at all"
+
+
+def test_masked_autoregressive_forward_needs_all_passes():
+    """Fewer than D passes leave the last feature in the order wrong: the D passes are needed,
+    so the exact round trip above checks the pass count."""
+    features = 5
+    layer = build_layer(features, torch.arange(features), AffineMap, 0)
+    x = torch.randn(3, features, dtype=torch.float64)
+    z, _ = layer.inverse(x)
+    guess = z
+    for _ in range(features - 1):
+        guess = layer.map.forward(z, layer.made(guess))[0]
+    assert (guess - x).abs().max() > 1e-10
+    guess = layer.map.forward(z, layer.made(guess))[0]
+    torch.testing.assert_close(guess, x, atol=1e-12, rtol=0)
