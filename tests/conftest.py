@@ -14,6 +14,10 @@ def device(request):
     return torch.device(request.config.getoption("--device"))
 
 
+# Tiny tensors: threads cost more than they give, and pytest-xdist runs a process per core.
+torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -12,7 +12,6 @@ in an existing run folder is changed.
 from __future__ import annotations
 
 import functools
-import inspect
 import json
 import sys
 import time
@@ -26,7 +25,7 @@ import torch
 from . import data as datasets
 from .experiment import (CHECKPOINT, CONFIG, METRICS, build_flow, gaussian_baseline, load_run, measure,
                          save_run, standardisation, write_json)
-from .flows import PRESETS
+from .flows import PRESETS, preset_options
 from .train import fit as fit_flow
 
 __all__ = ["main"]
@@ -58,7 +57,7 @@ def _hidden(text: str) -> tuple[int, ...]:
 def _preset_kwargs(flow: str, options: dict) -> dict:
     """The options that the preset's signature takes; an option set on the command line that it
     does not take is an error."""
-    accepted = inspect.signature(PRESETS[flow]).parameters
+    accepted = preset_options(flow)
     ctx = click.get_current_context()
     for name, value in options.items():
         given = ctx.get_parameter_source(name).name != "DEFAULT"

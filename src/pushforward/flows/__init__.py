@@ -6,11 +6,24 @@ the names that ``pushforward fit --flow NAME`` accepts to the classes.
 
 from __future__ import annotations
 
+import inspect
+
 from ..core import Flow
 from .classic import IAF, MAF, NSF, RealNVP, stack
 
-__all__ = ["MAF", "IAF", "RealNVP", "NSF", "PRESETS", "stack"]
+__all__ = ["MAF", "IAF", "RealNVP", "NSF", "PRESETS", "preset_options", "stack"]
 
 PRESETS: dict[str, type[Flow]] = {
     "maf": MAF, "iaf": IAF, "realnvp": RealNVP, "nsf": NSF,
 }
+
+
+def preset_options(name: str) -> set[str]:
+    """The keyword arguments that the preset ``name`` takes besides ``features``.
+
+    Raises:
+        ValueError: for an unknown preset name.
+    """
+    if name not in PRESETS:
+        raise ValueError(f"unknown flow {name!r} (known: {', '.join(sorted(PRESETS))})")
+    return set(inspect.signature(PRESETS[name]).parameters) - {"features"}
