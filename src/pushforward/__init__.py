@@ -9,11 +9,17 @@ from . import data, distributions, flows, nn, testing, transforms
 from .core import Chain, Flow, Inverse, Transform
 from .distributions import DiagNormal, StandardNormal
 from .flows import IAF, MAF, NSF, RealNVP
+from .flows import BNAF, NAF, NICE, UMNN
+from .flows import HouseholderFlow, LUFlow, PlanarFlow, RadialFlow, SylvesterFlow
+from .flows import BernsteinFlow, SOSFlow
 from .train import Evaluation, FitResult, evaluate, fit, log_likelihoods
 
 __all__ = [
     "Transform", "Chain", "Inverse", "Flow", "StandardNormal", "DiagNormal",
-    "MAF", "IAF", "RealNVP", "NSF", "fit", "evaluate", "log_likelihoods", "FitResult", "Evaluation",
+    "MAF", "IAF", "RealNVP", "NSF", "NICE", "NAF", "BNAF", "UMNN",
+    "PlanarFlow", "RadialFlow", "SylvesterFlow", "HouseholderFlow", "LUFlow",
+    "SOSFlow", "BernsteinFlow",
+    "fit", "evaluate", "log_likelihoods", "FitResult", "Evaluation",
     "flows", "distributions", "transforms", "nn", "testing", "data",
 ]
 __version__ = "0.1.0"

@@ -129,7 +129,7 @@ def main():
 @click.option("--test-file", type=click.Path(), help="A separate test file; --data is then split 90/10 into train/valid.")
 @click.option("--flow", "flow_name", type=click.Choice(sorted(PRESETS)), default="maf", show_default=True,
               help="The flow preset.")
-@click.option("--transforms", type=int, default=5, show_default=True, help="Number of flow layers.")
+@click.option("--transforms", type=int, default=None, help="Number of flow layers (default: the preset's).")
 @click.option("--hidden-features", default=None,
               help="Hidden layer sizes of each conditioner, e.g. 512,512 (default: the preset's).")
 @click.option("--bins", type=int, default=8, show_default=True, help="Spline bins (nsf).")

@@ -26,8 +26,15 @@ from .transforms.autoregressive import MaskedAutoregressive
 from .transforms.coupling import Coupling, alternating_mask
 from .transforms.elementwise import AdditiveMap, Affine, AffineMap, Elementwise, Sigmoid, logit_preprocessing
 from .transforms.linear import LowerTriangular, Permutation
+from .transforms.linear import ConvexCombinationTriangular, Dense, Householder, LU, QR, UpperTriangular
+from .transforms.planar_radial import Planar, Radial
+from .transforms.sylvester import HouseholderBasis, OrthogonalBasis, PermutationBasis, Sylvester
+from .transforms.neural import BlockNeuralAutoregressive, DeepSigmoidMap, UMNNMap
 from .transforms.normalization import ActNorm, BatchNorm
 from .transforms.splines import RQSpline
+from .transforms.elementwise import InverseMap, LeakyReLU, Softplus, Tanh
+from .transforms.polynomials import BernsteinPolynomial, SOSPolynomial
+from .transforms.splines import CubicSpline, LinearRationalSpline, PiecewiseLinear, PiecewiseQuadratic
 
 __all__ = [
     "transform_examples", "perturb", "autograd_ladj", "check_round_trip", "check_ladj",
@@ -66,8 +73,29 @@ def _vector_examples() -> Iterator[tuple[str, Callable[[int], Transform], bool]]
     yield "elementwise-affine-fixed", lambda c: Affine(torch.linspace(-1, 1, d), torch.linspace(0.5, 2, d)), False
     yield "elementwise-sigmoid", lambda c: Sigmoid(), False
     yield "elementwise-logit-preprocessing", lambda c: logit_preprocessing(levels=1), False
+    yield "elementwise-leaky-relu", lambda c: LeakyReLU(0.3), False
+    yield "elementwise-leaky-relu-learnable", lambda c: LeakyReLU(0.3, learnable=True), False
+    yield "elementwise-softplus", lambda c: Softplus(), False
+    yield "elementwise-tanh", lambda c: Tanh(), False
+    yield "elementwise-piecewise-linear", lambda c: Elementwise(PiecewiseLinear(4, 2.0), d, c), True
+    yield "elementwise-piecewise-quadratic", lambda c: Elementwise(PiecewiseQuadratic(4, 2.0), d, c), True
+    yield "elementwise-cubic-spline", lambda c: Elementwise(CubicSpline(4, 2.0), d, c), True
+    yield "elementwise-linear-rational-spline", lambda c: Elementwise(LinearRationalSpline(4, 2.0), d, c), True
+    yield "elementwise-sos", lambda c: Elementwise(SOSPolynomial(2, 2, 2.0), d, c), True
+    yield "elementwise-bernstein", lambda c: Elementwise(BernsteinPolynomial(5, 2.0), d, c), True
     yield "linear-permutation", lambda c: Permutation.random(d, seed=1), False
     yield "linear-lower-triangular", lambda c: LowerTriangular(d), False
+    yield "linear-upper-triangular", lambda c: UpperTriangular(d), False
+    yield "linear-convex-triangular", lambda c: ConvexCombinationTriangular(d, 3, c), True
+    yield "linear-householder", lambda c: Householder(d, 3, c), True
+    yield "linear-lu", lambda c: LU(d), False
+    yield "linear-qr", lambda c: QR(d), False
+    yield "linear-dense", lambda c: Dense(d), False
+    yield "planar-tanh", lambda c: Planar(d, c), True
+    yield "radial-standard", lambda c: Radial(d, c), True
+    yield "sylvester-orthogonal", lambda c: Sylvester(d, c, OrthogonalBasis(3)), True
+    yield "sylvester-householder", lambda c: Sylvester(d, c, HouseholderBasis(2)), True
+    yield "sylvester-triangular", lambda c: Sylvester(d, c, PermutationBasis(reverse=True)), True
     yield "normalization-actnorm", lambda c: ActNorm(d), False
     yield "normalization-batchnorm", lambda c: BatchNorm(d), False
     yield "coupling-affine", lambda c: Coupling(half, AffineMap(), c, (8,)), True
@@ -76,8 +104,18 @@ def _vector_examples() -> Iterator[tuple[str, Callable[[int], Transform], bool]]
     yield "autoregressive-affine", lambda c: MaskedAutoregressive(d, AffineMap(), c, (8, 8), order=[2, 0, 4, 1, 3]), True
     yield "autoregressive-affine-inverse", lambda c: Inverse(MaskedAutoregressive(d, AffineMap(), c, (8,))), True
     yield "autoregressive-rq-spline", lambda c: MaskedAutoregressive(d, RQSpline(bins=4, bound=2.0), c, (8,)), True
+    yield "coupling-piecewise-linear", lambda c: Coupling(half, PiecewiseLinear(4, 2.0), c, (8,)), True
+    yield "coupling-piecewise-quadratic", lambda c: Coupling(half, PiecewiseQuadratic(4, 2.0), c, (8,)), True
+    yield "coupling-cubic-spline", lambda c: Coupling(half, CubicSpline(4, 2.0), c, (8,)), True
+    yield "coupling-linear-rational-spline", lambda c: Coupling(half, LinearRationalSpline(4, 2.0), c, (8,)), True
+    yield "autoregressive-sos", lambda c: MaskedAutoregressive(d, InverseMap(SOSPolynomial(2, 2, 2.0)), c, (8,)), True
+    yield "autoregressive-bernstein", lambda c: MaskedAutoregressive(d, InverseMap(BernsteinPolynomial(5, 2.0)), c,
+                                                                     (8,)), True
     yield "chain-maf-batchnorm", lambda c: Chain(MaskedAutoregressive(d, AffineMap(), c, (8,)), BatchNorm(d),
                                                  Permutation.reverse(d), Coupling(half, AffineMap(), c, (8,))), True
+    yield "neural-dsf", lambda c: MaskedAutoregressive(d, DeepSigmoidMap(units=4, layers=2), c, (16,)), True
+    yield "neural-umnn", lambda c: MaskedAutoregressive(d, UMNNMap(embedding=4, hidden_features=(8, 8)), c, (8,)), True
+    yield "neural-bnaf", lambda c: BlockNeuralAutoregressive(d, c, hidden_features=(3, 3)), True
 
 
 def transform_examples(seed: int = 0) -> Iterator[tuple[str, Transform, tuple[int, ...], int]]:

@@ -10,11 +10,21 @@ import inspect
 
 from ..core import Flow
 from .classic import IAF, MAF, NSF, RealNVP, stack
+from .neural import BNAF, NAF, NICE, UMNN
+from .linear import HouseholderFlow, LUFlow
+from .planar import PlanarFlow, RadialFlow, SylvesterFlow
+from .polynomial import BernsteinFlow, SOSFlow
 
-__all__ = ["MAF", "IAF", "RealNVP", "NSF", "PRESETS", "preset_options", "stack"]
+__all__ = ["MAF", "IAF", "RealNVP", "NSF", "NICE", "NAF", "BNAF", "UMNN",
+           "PlanarFlow", "RadialFlow", "SylvesterFlow", "HouseholderFlow", "LUFlow", "PRESETS", "preset_options", "stack",
+           "SOSFlow", "BernsteinFlow"]
 
 PRESETS: dict[str, type[Flow]] = {
     "maf": MAF, "iaf": IAF, "realnvp": RealNVP, "nsf": NSF,
+    "nice": NICE, "naf": NAF, "bnaf": BNAF, "umnn": UMNN,
+    "planar": PlanarFlow, "radial": RadialFlow, "sylvester": SylvesterFlow, "householder": HouseholderFlow,
+    "lu": LUFlow,
+    "sos": SOSFlow, "bernstein": BernsteinFlow,
 }
 
 

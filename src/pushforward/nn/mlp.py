@@ -20,6 +20,8 @@ def cat_context(x: Tensor, context: Tensor | None, context_features: int, owner:
         return x
     if context is None:
         raise ValueError(f"{owner} was built with context_features={context_features} and needs a context")
+    if context.shape[-1] != context_features:
+        raise ValueError(f"{owner} expects a context of {context_features} features, got {context.shape[-1]}")
     return torch.cat([context.expand(*x.shape[:-1], -1), x], dim=-1)
 
 

@@ -4,12 +4,28 @@ from .autoregressive import MaskedAutoregressive
 from .coupling import Coupling, alternating_mask
 from .elementwise import AdditiveMap, Affine, AffineMap, DomainError, Elementwise, ElementwiseMap, Sigmoid, logit_preprocessing
 from .linear import LowerTriangular, Permutation
+from .linear import LU, QR, ConvexCombinationTriangular, Dense, Householder, Triangular, UpperTriangular, householder
+from .planar_radial import Planar, Radial
+from .sylvester import HouseholderBasis, OrthogonalBasis, PermutationBasis, Sylvester, orthogonalize
+from .neural import BlockNeuralAutoregressive, DeepSigmoidMap, MaskedBlockLinear, UMNNMap, clenshaw_curtis
 from .normalization import ActNorm, BatchNorm
 from .numerical import ConvergenceError, bisection
+from .numerical import newton
 from .splines import RQSpline, rational_quadratic_spline, with_identity_tails
+from .elementwise import InverseMap, LeakyReLU, Softplus, Tanh, numerical_inverse
+from .splines import (CubicSpline, LinearRationalSpline, PiecewiseLinear, PiecewiseQuadratic, cubic_spline,
+                      linear_rational_spline, with_linear_tails)
+from .polynomials import BernsteinPolynomial, SOSPolynomial, bernstein_basis
 
 __all__ = [
     "MaskedAutoregressive", "Coupling", "alternating_mask", "AdditiveMap", "Affine", "AffineMap", "DomainError",
     "Elementwise", "ElementwiseMap", "Sigmoid", "logit_preprocessing", "Permutation", "LowerTriangular", "ActNorm",
     "BatchNorm", "ConvergenceError", "bisection", "RQSpline", "rational_quadratic_spline", "with_identity_tails",
+    "Triangular", "UpperTriangular", "ConvexCombinationTriangular", "Householder", "householder", "LU", "QR", "Dense",
+    "Planar", "Radial", "Sylvester", "OrthogonalBasis", "HouseholderBasis", "PermutationBasis", "orthogonalize",
+    "newton",
+    "BlockNeuralAutoregressive", "DeepSigmoidMap", "MaskedBlockLinear", "UMNNMap", "clenshaw_curtis",
+    "InverseMap", "LeakyReLU", "Softplus", "Tanh", "numerical_inverse", "CubicSpline", "LinearRationalSpline",
+    "PiecewiseLinear", "PiecewiseQuadratic", "cubic_spline", "linear_rational_spline", "with_linear_tails",
+    "BernsteinPolynomial", "SOSPolynomial", "bernstein_basis",
 ]

@@ -4,22 +4,84 @@ The math of an element-wise map is kept apart from where its parameters come fro
 *element-wise map* (``AffineMap``, ``RQSpline`` of :mod:`.splines`, ...) takes its parameters
 as a tensor ``h`` of shape (*batch, features, map.params) and returns the output with the
 element-wise log-derivative; a coupling or autoregressive layer predicts ``h`` with a
-conditioner, and :class:`Elementwise` learns it directly (or from a context).
+conditioner, and :class:`Elementwise` learns it directly (or from a context). The monotonic
+maps live in :mod:`.splines` (rational-quadratic, piecewise-linear and -quadratic, cubic,
+linear-rational) and :mod:`.polynomials` (sum-of-squares, Bernstein); :func:`numerical_inverse`
+inverts those without a closed-form inverse.
+
+Of the fixed element-wise transforms here, those onto an interval (:class:`Sigmoid`,
+:class:`Tanh`, :class:`Softplus`) raise :class:`DomainError` in ``inverse`` for inputs outside
+it, naming the interval and the offending values; :class:`LeakyReLU` and :class:`Affine` map R
+onto R.
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..nn.parameters import ContextParameters
 from ..core import Chain, Transform, sum_rightmost
+from .numerical import bisection, default_tolerance
 
-__all__ = ["ElementwiseMap", "AffineMap", "AdditiveMap", "Elementwise", "Affine", "Sigmoid", "DomainError", "logit_preprocessing"]
+__all__ = ["ElementwiseMap", "AffineMap", "AdditiveMap", "InverseMap", "Elementwise", "Affine", "Sigmoid",
+           "LeakyReLU", "Softplus", "Tanh", "DomainError", "logit_preprocessing", "numerical_inverse"]
 
 
 class DomainError(ValueError):
     """Raised when an input lies outside the domain of a transform (e.g. logit of x >= 1)."""
+
+
+def _check_domain(inside: Tensor, x: Tensor, message: str) -> None:
+    """Raise :class:`DomainError` with ``message``, the count and an example, unless ``inside`` is all True."""
+    if not bool(inside.all()):
+        bad = x.detach()[~inside]
+        raise DomainError(f"{message}: {bad.numel()} value(s) outside, e.g. {bad.flatten()[0].item():g}")
+
+
+def numerical_inverse(forward: Callable[[Tensor], tuple[Tensor, Tensor]], x: Tensor, tol: float | None = None,
+                      max_iter: int = 200, lower: float | None = None, upper: float | None = None
+                      ) -> tuple[Tensor, Tensor]:
+    r"""Inverse z = f^{-1}(x) of an increasing element-wise map by bisection, with gradients.
+
+    :func:`~pushforward.transforms.numerical.bisection` finds z_0 (no gradients) with
+    |z_0 - z| <= tol * max(1, |z|); one Newton step r / f'(z_0), r = f(z_0) - x, polishes the
+    value, limited to that tolerance (a full step could overshoot in float32 where the slope is
+    tiny), and z gets the implicit-function gradients dz/dx = 1 / f'(z),
+    dz/dtheta = -(df/dtheta) / f'(z) through z - (r - stop_gradient(r)) / f'(z_0).
+    ladj = -log f'(z), evaluated at the polished z.
+
+    Shapes: x (*shape); ``forward`` maps z (*shape) to (f(z), log f'(z)), both (*shape);
+    returns z, ladj (*shape).
+
+    Args:
+        forward: the increasing map and its log-derivative, defined on all of R.
+        x: the targets.
+        tol: tolerance on z (default :func:`~pushforward.transforms.numerical.default_tolerance`).
+        max_iter: the largest number of halvings.
+        lower, upper: clamp z_0 and z to [lower, upper] (where the root is known to lie
+            there, e.g. inside a spline's bound: then neither z nor its ladj can come from a
+            tail whose slope differs).
+
+    Raises:
+        ConvergenceError: if the bisection does not reach ``tol`` within ``max_iter`` halvings
+            or ``x`` lies outside the image of f.
+    """
+    clamp = lower is not None or upper is not None
+    z0 = bisection(lambda u: forward(u)[0], x, tol, max_iter)
+    z0 = z0.clamp(lower, upper) if clamp else z0
+    x0, log_slope = forward(z0)
+    residual = x0 - x
+    step = residual * torch.exp(-log_slope)
+    limit = (tol if tol is not None else default_tolerance(x.dtype)) * z0.abs().clamp(min=1)
+    z = (z0 - torch.maximum(torch.minimum(step, limit), -limit)).detach()
+    z = z.clamp(lower, upper) if clamp else z
+    z = z - (residual - residual.detach()) * torch.exp(-log_slope)
+    return z, -forward(z)[1]
 
 
 class ElementwiseMap:
@@ -98,6 +160,35 @@ class AdditiveMap(ElementwiseMap):
         return x - h[..., 0], torch.zeros_like(x)
 
 
+class InverseMap(nn.Module, ElementwiseMap):
+    r"""The inverse f^{-1} of an element-wise map: its ``forward`` is ``map.inverse`` and vice versa.
+
+    Chooses which direction of a map is cheap inside a layer, e.g. a polynomial evaluated in
+    the data -> base direction (density evaluation) and inverted numerically for sampling,
+    as the SOS and Bernstein flows do. It is a module so that a map with parameters of its own
+    (an ``nn.Module``) stays registered in the layer that holds it.
+
+    Shapes: as ``map``.
+
+    Args:
+        elementwise_map: the map f to invert.
+    """
+
+    def __init__(self, elementwise_map: ElementwiseMap):
+        super().__init__()
+        self.map = elementwise_map
+        self.params = elementwise_map.params
+
+    def extra_repr(self) -> str:
+        return "" if isinstance(self.map, nn.Module) else f"map={self.map!r}"
+
+    def forward(self, z: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        return self.map.inverse(z, h)
+
+    def inverse(self, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        return self.map.forward(x, h)
+
+
 class Elementwise(Transform):
     r"""An element-wise map with learned parameters, optionally predicted from a context.
 
@@ -116,20 +207,10 @@ class Elementwise(Transform):
     def __init__(self, elementwise_map: ElementwiseMap, features: int, context_features: int = 0):
         super().__init__()
         self.map = elementwise_map
-        self.features = features
-        self.params = nn.Parameter(torch.zeros(features, elementwise_map.params))
-        self.context = nn.Linear(context_features, features * elementwise_map.params) if context_features else None
-        if self.context is not None:
-            nn.init.zeros_(self.context.weight)
-            nn.init.zeros_(self.context.bias)
+        self.parameters_ = ContextParameters({"h": (features, elementwise_map.params)}, context_features)
 
     def _h(self, x: Tensor, context: Tensor | None) -> Tensor:
-        h = self.params.expand(*x.shape, self.map.params)
-        if self.context is not None:
-            if context is None:
-                raise ValueError(f"{type(self).__name__} needs a context")
-            h = h + self.context(context).unflatten(-1, (self.features, self.map.params))
-        return h
+        return self.parameters_(context)["h"].expand(*x.shape, self.map.params)
 
     def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         x, ladj = self.map.forward(z, self._h(z, context))
@@ -195,10 +276,117 @@ class Sigmoid(Transform):
         return torch.sigmoid(z), sum_rightmost(ladj, self.event_dims)
 
     def inverse(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        if not bool(((x > 0) & (x < 1)).all()):
-            raise DomainError("logit: input outside the open interval (0, 1)")
+        _check_domain((x > 0) & (x < 1), x, "logit: input outside the open interval (0, 1)")
         log_x, log_1mx = torch.log(x), torch.log1p(-x)
         return log_x - log_1mx, sum_rightmost(-(log_x + log_1mx), self.event_dims)
+
+
+class LeakyReLU(Transform):
+    r"""Leaky ReLU x = z for z >= 0 and x = a z for z < 0, with a fixed or learned slope a > 0.
+
+    ladj = (log a) times the number of negative entries; the inverse divides the negative
+    entries by a. The slope is stored as log a, so a learned slope stays positive.
+
+    Shapes: z, x (*batch, *event); ladj (*batch,).
+
+    Reference: Maas, Hannun & Ng. Rectifier nonlinearities improve neural network acoustic
+    models. ICML 2013 workshop; as a flow layer, Oliva et al. Transformation autoregressive
+    networks. ICML 2018, section 3.1.
+
+    Args:
+        slope: the slope a on the negative half-line.
+        learnable: learn log a as a parameter (else a fixed buffer).
+        event_dims: number of trailing dimensions the map acts on.
+
+    Raises:
+        ValueError: if the slope is not a positive finite number.
+    """
+
+    def __init__(self, slope: float = 0.01, learnable: bool = False, event_dims: int = 1):
+        super().__init__()
+        if not (0 < slope < math.inf):
+            raise ValueError(f"LeakyReLU slope must be positive and finite, got {slope}")
+        self.event_dims = event_dims
+        log_slope = torch.tensor(math.log(slope))
+        if learnable:
+            self.log_slope = nn.Parameter(log_slope)
+        else:
+            self.register_buffer("log_slope", log_slope)
+
+    def _leaky(self, u: Tensor, sign: float) -> tuple[Tensor, Tensor]:
+        log_slope = sign * self.log_slope.to(u.dtype)
+        negative = u < 0
+        out = torch.where(negative, u * torch.exp(log_slope), u)
+        ladj = torch.where(negative, log_slope, torch.zeros_like(u))
+        return out, sum_rightmost(ladj, self.event_dims)
+
+    def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self._leaky(z, 1.0)
+
+    def inverse(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self._leaky(x, -1.0)
+
+
+class Softplus(Transform):
+    r"""Softplus x = log(1 + exp(z)) from R onto (0, inf).
+
+    ladj = sum_i log sigmoid(z_i) = -sum_i softplus(-z_i); inverse z = x + log(-expm1(-x)),
+    ladj = -sum_i log(-expm1(-x_i)). In float64 z < -745 (float32: -103) gives x = 0, whose
+    inverse is outside the domain.
+
+    Shapes: z, x (*batch, *event); ladj (*batch,).
+
+    Reference: Dugas et al. Incorporating second-order functional knowledge for better option
+    pricing. NeurIPS 2000.
+
+    Args:
+        event_dims: number of trailing dimensions the map acts on.
+
+    Raises:
+        DomainError: in ``inverse``, for x that is not a finite positive number.
+    """
+
+    def __init__(self, event_dims: int = 1):
+        super().__init__()
+        self.event_dims = event_dims
+
+    def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return F.softplus(z), sum_rightmost(-F.softplus(-z), self.event_dims)
+
+    def inverse(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        _check_domain(torch.isfinite(x) & (x > 0), x, "softplus inverse: input outside (0, inf)")
+        log_slope = torch.log(-torch.expm1(-x))
+        return x + log_slope, sum_rightmost(-log_slope, self.event_dims)
+
+
+class Tanh(Transform):
+    r"""Hyperbolic tangent x = tanh(z) from R onto (-1, 1); its inverse is atanh.
+
+    ladj = sum_i log(1 - tanh(z_i)^2) = sum_i 2 (log 2 - z_i - softplus(-2 z_i)), which stays
+    finite where tanh rounds to ±1; inverse ladj = -sum_i log1p(-x_i) + log1p(x_i). In float32
+    |z| > 9 rounds to ±1 (float64: 19), whose inverse is outside the domain.
+
+    Shapes: z, x (*batch, *event); ladj (*batch,).
+
+    Args:
+        event_dims: number of trailing dimensions the map acts on.
+
+    Raises:
+        DomainError: in ``inverse``, for x outside the open interval (-1, 1).
+    """
+
+    def __init__(self, event_dims: int = 1):
+        super().__init__()
+        self.event_dims = event_dims
+
+    def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        ladj = 2 * (math.log(2) - z - F.softplus(-2 * z))
+        return torch.tanh(z), sum_rightmost(ladj, self.event_dims)
+
+    def inverse(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        _check_domain((x > -1) & (x < 1), x, "atanh: input outside the open interval (-1, 1)")
+        log_1mx, log_1px = torch.log1p(-x), torch.log1p(x)
+        return (log_1px - log_1mx) / 2, sum_rightmost(-(log_1mx + log_1px), self.event_dims)
 
 
 def logit_preprocessing(alpha: float = 1e-6, levels: int = 256, event_dims: int = 1) -> Transform:

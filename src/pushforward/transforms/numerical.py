@@ -5,12 +5,15 @@ Each solver raises :class:`ConvergenceError` rather than returning an inaccurate
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
-__all__ = ["ConvergenceError", "default_tolerance", "bisection"]
+__all__ = ["ConvergenceError", "default_tolerance", "bisection", "newton"]
+
+_ARMIJO = 1e-4  # sufficient decrease of ||F||^2 asked of a damped Newton step
 
 
 class ConvergenceError(RuntimeError):
@@ -64,3 +67,75 @@ def bisection(f: Callable[[Tensor], Tensor], y: Tensor, tol: float | None = None
             if bool(((upper - lower) <= tol * torch.clamp(middle.abs(), min=1)).all()):
                 return (lower + upper) / 2
         raise ConvergenceError(f"bisection did not reach tolerance {tol:g} in {max_iter} halvings")
+
+
+def _damped_step(residual: Callable[[Tensor], Tensor], x: Tensor, f: Tensor, step: Tensor, done: Tensor,
+                 max_halvings: int) -> tuple[Tensor, Tensor]:
+    """x - t * step with t = 1, 1/2, 1/4, ... the first to decrease ||F||^2 enough (Armijo), per problem.
+
+    Returns the new x and, per problem, whether some t decreased ||F||^2 (or it was done).
+    """
+    norm = f.square().sum(-1)
+    t = torch.ones_like(norm)
+    for _ in range(max_halvings):
+        trial = x - t.unsqueeze(-1) * step
+        ok = done | (residual(trial).square().sum(-1) <= (1 - _ARMIJO * t) * norm)
+        if bool(ok.all()):
+            break
+        t = torch.where(ok, t, t / 2)
+    return trial, ok
+
+
+def newton(residual: Callable[[Tensor], Tensor], solve: Callable[[Tensor, Tensor], Tensor], x0: Tensor,
+           tol: float | None = None, max_iter: int = 100, max_halvings: int = 40) -> Tensor:
+    r"""Solve F(x) = 0 for a batch of independent problems by damped Newton iterations.
+
+    x <- x - t J(x)^{-1} F(x), with t the first of 1, 1/2, 1/4, ... that decreases ||F||^2 by a
+    factor (1 - 1e-4 t) (Armijo backtracking, per problem). Where J is non-singular everywhere
+    and ||F|| grows without bound at infinity (as for planar and Sylvester maps), this
+    converges from any start (line-search Newton on the merit function ||F||^2 / 2; Nocedal &
+    Wright, Numerical optimization, 2nd ed. 2006, chapter 11).
+    A problem is solved once every component of its full Newton step is at most
+    tol * max(1, |x|); the error of the result is then about the size of the next step, far
+    below tol near a regular root (quadratic convergence). A problem whose ||F|| no step
+    decreases any more while its Newton step is below sqrt(tol) * max(1, |x|) has reached
+    the rounding floor of the dtype and is also taken as solved, as accurately as the dtype
+    allows (this happens for badly conditioned J in float32).
+
+    The iterations run without gradients; the result is one more Newton step taken with
+    autograd at the detached solution, whose derivatives with respect to anything F depends
+    on are those of the implicit function theorem, -J^{-1} dF (exact at the root).
+
+    Shapes: x0 (*batch, n); residual maps (*batch, n) -> (*batch, n); solve(x, r) returns
+    J(x)^{-1} r, shape (*batch, n); returns x (*batch, n).
+
+    Args:
+        residual: F, acting independently on each problem of the batch.
+        solve: (x, r) -> J(x)^{-1} r, with J the Jacobian of F at x.
+        x0: the starting point.
+        tol: tolerance on the Newton step (default :func:`default_tolerance`).
+        max_iter: the largest number of Newton iterations.
+        max_halvings: the largest number of step halvings in one iteration.
+
+    Raises:
+        ConvergenceError: if a Newton step is not finite, or the tolerance is not met after
+            ``max_iter`` iterations.
+    """
+    tol = default_tolerance(x0.dtype) if tol is None else tol
+    with torch.no_grad():
+        x = x0.detach()
+        stalled = torch.zeros(x.shape[:-1], dtype=torch.bool, device=x.device)
+        for _ in range(max_iter):
+            f = residual(x)
+            step = solve(x, f)
+            if not bool(torch.isfinite(step).all()):
+                raise ConvergenceError("newton: the Newton step is not finite")
+            size = step.abs() / torch.clamp(x.abs(), min=1)
+            done = (size <= tol).all(-1) | (stalled & (size <= math.sqrt(tol)).all(-1))
+            if bool(done.all()):
+                break
+            x, decreased = _damped_step(residual, x, f, step, done, max_halvings)
+            stalled = ~decreased
+        else:
+            raise ConvergenceError(f"newton did not reach tolerance {tol:g} in {max_iter} iterations")
+    return x - solve(x, residual(x))

@@ -1,0 +1,584 @@
+"""Presets (MAF, IAF, RealNVP, NSF) as flows, and fitting them.
+
+Transforms are covered by the registry contract (tests/test_transforms.py); here the flow
+level: shapes, sampling against the density, normalisation of the density, the
+torch.distributions view, save/load, input validation, and :func:`pushforward.fit`.
+"""
+
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+import pushforward as pf
+from pushforward.testing import perturb
+from pushforward.transforms import ActNorm, BatchNorm
+
+SMALL = dict(transforms=2, hidden_features=(16,))
+SPLINE = dict(bins=4, bound=3.0)
+BUILDERS = {
+    "maf": lambda d, c, **kw: pf.MAF(d, c, **SMALL, **kw),
+    "iaf": lambda d, c, **kw: pf.IAF(d, c, **SMALL, **kw),
+    "realnvp": lambda d, c, **kw: pf.RealNVP(d, c, **SMALL, **kw),
+    "nsf-coupling": lambda d, c, **kw: pf.NSF(d, c, **SMALL, **SPLINE, autoregressive=False, **kw),
+    "nsf-autoregressive": lambda d, c, **kw: pf.NSF(d, c, **SMALL, **SPLINE, autoregressive=True, **kw),
+}
+PRESET_CLASSES = {"maf": pf.MAF, "iaf": pf.IAF, "realnvp": pf.RealNVP, "nsf-coupling": pf.NSF,
+                  "nsf-autoregressive": pf.NSF}
+NAMES = list(BUILDERS)
+CONTEXT = 2
+
+
+def build(name: str, features: int = 3, context_features: int = 0, seed: int = 0, scale: float = 0.3,
+          **kwargs) -> pf.Flow:
+    """A small preset in float64, perturbed away from the identity, in eval mode."""
+    torch.manual_seed(seed)
+    flow = BUILDERS[name](features, context_features, **kwargs).double()
+    return perturb(flow, scale=scale, seed=seed).eval()
+
+
+def randn(*shape, seed: int = 0) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+@pytest.fixture(params=NAMES)
+def name(request):
+    return request.param
+
+
+@pytest.fixture(params=[0, CONTEXT], ids=["unconditional", "context"])
+def context_features(request):
+    return request.param
+
+
+# --- shapes and sampling -------------------------------------------------------------------
+
+def test_shapes(name, context_features):
+    flow = build(name, 3, context_features)
+    for batch in [(4,), (2, 4)]:
+        x = randn(*batch, 3)
+        c = randn(*batch, context_features, seed=1) if context_features else None
+        lp = flow.log_prob(x, c)
+        assert lp.shape == batch and lp.dtype == torch.float64 and torch.isfinite(lp).all()
+    if context_features:
+        c = randn(4, context_features, seed=2)
+        assert flow.sample((), c).shape == (4, 3)
+        assert flow.sample((5,), c).shape == (5, 4, 3)
+        assert flow.sample((2, 5), c).shape == (2, 5, 4, 3)
+        x, lp = flow.sample_and_log_prob((5,), c)
+        assert x.shape == (5, 4, 3) and lp.shape == (5, 4)
+        # the samples follow their own row of the context
+        c2 = torch.stack([c[0]] * 4)
+        torch.manual_seed(3)
+        a = flow.sample((5,), c2)
+        assert not torch.allclose(a[:, 0], a[:, 1])  # different base draws, same context
+    else:
+        assert flow.sample().shape == (3,)
+        assert flow.sample((5,)).shape == (5, 3)
+        assert flow.sample((2, 5)).shape == (2, 5, 3)
+        x, lp = flow.sample_and_log_prob((5,))
+        assert x.shape == (5, 3) and lp.shape == (5,)
+    assert torch.isfinite(x).all() and torch.isfinite(lp).all()
+
+
+def test_sample_and_log_prob_agrees_with_log_prob(name, context_features):
+    flow = build(name, 3, context_features)
+    c = randn(4, context_features, seed=1) if context_features else None
+    x, lp = flow.sample_and_log_prob((16,), c)
+    assert not x.requires_grad and not lp.requires_grad
+    expanded = None if c is None else c.expand(16, 4, context_features)
+    torch.testing.assert_close(flow.log_prob(x, expanded), lp, atol=1e-9, rtol=1e-9)
+    x2, lp2 = flow.rsample_and_log_prob((16,), c)
+    torch.testing.assert_close(flow.log_prob(x2, expanded), lp2, atol=1e-9, rtol=1e-9)
+
+
+def test_rsample_gives_gradients(name, context_features):
+    flow = build(name, 3, context_features)
+    c = randn(4, context_features, seed=1).requires_grad_() if context_features else None
+    x = flow.rsample((8,), c)
+    assert x.requires_grad
+    x.square().sum().backward()
+    grads = {n: p.grad for n, p in flow.named_parameters()}
+    assert all(g is not None for g in grads.values()), [n for n, g in grads.items() if g is None]
+    assert all(torch.isfinite(g).all() for g in grads.values())
+    assert sum(float(g.abs().sum()) for g in grads.values()) > 0
+    if c is not None:
+        assert c.grad is not None and c.grad.abs().sum() > 0
+    assert not flow.sample((8,), None if c is None else c.detach()).requires_grad
+
+
+def test_as_distribution(name, context_features):
+    flow = build(name, 3, context_features)
+    c = randn(4, context_features, seed=1) if context_features else None
+    d = flow.as_distribution(c)
+    assert isinstance(d, torch.distributions.Distribution)
+    batch = (4,) if context_features else ()
+    assert d.batch_shape == batch and d.event_shape == (3,)
+    x = d.sample((5,))
+    assert x.shape == (5, *batch, 3)
+    lp = d.log_prob(x)
+    assert lp.shape == (5, *batch) and torch.isfinite(lp).all()
+    expanded = None if c is None else c.expand(5, 4, context_features)
+    torch.testing.assert_close(lp, flow.log_prob(x, expanded))
+    # a value with only the batch shape, and reparametrised samples
+    assert d.log_prob(x[0]).shape == batch
+    r = d.rsample((3,))
+    assert r.shape == (3, *batch, 3) and r.requires_grad
+    # the generic machinery of torch.distributions works on top of it
+    assert isinstance(d.log_prob(d.sample()), torch.Tensor)
+
+
+def test_repr(name, context_features):
+    flow = build(name, 3, context_features)
+    text = repr(flow)
+    assert text.startswith(PRESET_CLASSES[name].__name__ + "(")
+    layer = "Coupling" if name in ("realnvp", "nsf-coupling") else "MaskedAutoregressive"
+    assert layer in text and "StandardNormal" in text
+    if name.startswith("nsf"):
+        assert "RQSpline(bins=4, bound=3.0" in text
+    if name == "iaf":
+        assert "Inverse" in text
+
+
+@pytest.mark.parametrize("normalization", [None, "batch", "act"])
+def test_save_and_load_state_dict(name, context_features, normalization, tmp_path):
+    flow = build(name, 3, context_features, normalization=normalization)
+    if normalization == "batch":
+        # non-trivial running statistics, which live in buffers
+        flow.train()
+        flow.log_prob(randn(64, 3, seed=5) * 2 + 1, randn(64, context_features, seed=6) if context_features else None)
+        flow.eval()
+    path = tmp_path / "flow.pt"
+    torch.save(flow.state_dict(), path)
+    fresh = build(name, 3, context_features, seed=1, normalization=normalization)
+    x = randn(6, 3, seed=2)
+    c = randn(6, context_features, seed=3) if context_features else None
+    assert not torch.allclose(fresh.log_prob(x, c), flow.log_prob(x, c))
+    fresh.load_state_dict(torch.load(path, weights_only=True))
+    torch.testing.assert_close(fresh.log_prob(x, c), flow.log_prob(x, c), atol=0, rtol=0)
+    torch.manual_seed(4)
+    a = flow.sample((3,), None if c is None else c[:2])
+    torch.manual_seed(4)
+    b = fresh.sample((3,), None if c is None else c[:2])
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+# --- the density against the samples -------------------------------------------------------
+
+BOX, CELLS = 7.0, 400
+
+
+def grid_density(flow: pf.Flow, context: torch.Tensor | None = None) -> torch.Tensor:
+    """Density (CELLS, CELLS) at the cell midpoints of [-BOX, BOX]^2."""
+    edges = torch.linspace(-BOX, BOX, CELLS + 1, dtype=torch.float64)
+    mid = (edges[1:] + edges[:-1]) / 2
+    x = torch.stack(torch.meshgrid(mid, mid, indexing="ij"), -1)
+    c = None if context is None else context.expand(CELLS, CELLS, context.shape[-1])
+    with torch.no_grad():
+        return flow.log_prob(x, c).exp()
+
+
+@pytest.mark.parametrize("context_features", [0, CONTEXT], ids=["unconditional", "context"])
+def test_density_integrates_to_one(name, context_features):
+    flow = build(name, 2, context_features, scale=0.2)
+    c = randn(context_features, seed=7) if context_features else None
+    p = grid_density(flow, c)
+    integral = float(p.sum()) * (2 * BOX / CELLS) ** 2
+    torch.manual_seed(0)
+    x = flow.sample((20000,), None if c is None else c.expand(1, -1))
+    outside = float((x.abs() > BOX).any(-1).double().mean())
+    assert outside < 0.05, "the box does not hold the mass"
+    # the grid mass plus the sampled mass outside the box; the sampling error is ~1e-3
+    assert abs(integral + outside - 1) < 1e-2, (integral, outside)
+    if name in ("maf", "nsf-coupling", "nsf-autoregressive"):
+        assert outside < 1e-3 and abs(integral - 1) < 1e-2, (integral, outside)
+
+
+def test_density_integrates_to_one_and_not_to_something_else():
+    """The integration check above is discriminating: a log_prob off by 0.05 nats fails it."""
+    flow = build("maf", 2, scale=0.2)
+    p = grid_density(flow) * math.exp(0.05)
+    integral = float(p.sum()) * (2 * BOX / CELLS) ** 2
+    assert abs(integral - 1) > 1e-2
+
+
+@pytest.mark.parametrize("context_features", [0, CONTEXT], ids=["unconditional", "context"])
+def test_samples_follow_the_density_chi_square(name, context_features):
+    """Histogram of samples on 20 x 20 cells against the grid-integrated density of each cell."""
+    flow = build(name, 2, context_features, scale=0.2)
+    c = randn(context_features, seed=7) if context_features else None
+    p = grid_density(flow, c) * (2 * BOX / CELLS) ** 2
+    coarse = CELLS // 20
+    expected_p = p.reshape(20, coarse, 20, coarse).sum((1, 3)).flatten()
+    n = 20000
+    torch.manual_seed(1)
+    x = flow.sample((n,), None if c is None else c.expand(1, -1)).reshape(n, 2)
+    inside = (x.abs() < BOX).all(-1)
+    idx = ((x[inside] + BOX) / (2 * BOX) * 20).long().clamp(0, 19)
+    observed = torch.bincount(idx[:, 0] * 20 + idx[:, 1], minlength=400).double()
+    expected = n * expected_p
+    # pool the sparse cells and the outside of the box into one bin
+    keep = expected >= 5
+    obs = torch.cat([observed[keep], (n - observed[keep].sum()).reshape(1)])
+    exp = torch.cat([expected[keep], (n - expected[keep].sum()).reshape(1)])
+    chi2 = float(((obs - exp) ** 2 / exp).sum())
+    pvalue = stats.chi2.sf(chi2, len(obs) - 1)
+    assert pvalue > 1e-3, f"chi2 = {chi2:.1f} on {len(obs) - 1} dof, p = {pvalue:.2g}"
+
+
+def test_chi_square_check_detects_a_wrong_sampler():
+    """The check above is discriminating: samples of another flow fail it."""
+    flow, other = build("maf", 2, scale=0.2), build("maf", 2, scale=0.2, seed=1)
+    p = grid_density(flow) * (2 * BOX / CELLS) ** 2
+    expected = 20000 * p.reshape(20, 20, 20, 20).sum((1, 3)).flatten()
+    torch.manual_seed(1)
+    x = other.sample((20000,))
+    idx = ((x.clamp(-BOX + 1e-9, BOX - 1e-9) + BOX) / (2 * BOX) * 20).long()
+    observed = torch.bincount(idx[:, 0] * 20 + idx[:, 1], minlength=400).double()
+    keep = expected >= 5
+    chi2 = float(((observed[keep] - expected[keep]) ** 2 / expected[keep]).sum())
+    assert stats.chi2.sf(chi2, int(keep.sum())) < 1e-6
+
+
+@pytest.mark.parametrize("name", ["maf", "iaf", "nsf-autoregressive"])
+def test_one_dimensional_flow_ks_test_against_the_integrated_cdf(name):
+    flow = build(name, 1, scale=0.5)
+    edges = torch.linspace(-12, 12, 24001, dtype=torch.float64)
+    with torch.no_grad():
+        p = flow.log_prob(edges[:, None]).exp()
+    steps = (p[1:] + p[:-1]) / 2 * (edges[1] - edges[0])
+    cdf = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(steps, 0)])
+    assert abs(float(cdf[-1]) - 1) < 1e-3
+    torch.manual_seed(2)
+    x = flow.sample((5000,))[:, 0].numpy()
+    result = stats.kstest(x, lambda v: np.interp(v, edges.numpy(), cdf.numpy()))
+    assert result.pvalue > 1e-3, result
+
+
+# --- bad input -----------------------------------------------------------------------------
+
+def test_log_prob_rejects_the_wrong_trailing_shape(name):
+    flow = build(name, 3)
+    for bad in [randn(4, 2), randn(4, 3, 1), torch.tensor(1.0, dtype=torch.float64), randn(4, 4)]:
+        with pytest.raises(ValueError, match="shape"):
+            flow.log_prob(bad)
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf], ids=["nan", "inf", "-inf"])
+def test_log_prob_rejects_non_finite_data(name, value):
+    flow = build(name, 3)
+    x = randn(4, 3)
+    x[2, 1] = value
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        flow.log_prob(x)
+
+
+def test_conditional_flow_needs_its_context(name):
+    flow = build(name, 3, CONTEXT)
+    with pytest.raises(ValueError, match="context"):
+        flow.log_prob(randn(4, 3))
+    with pytest.raises(ValueError, match="context"):
+        flow.sample((4,))
+    with pytest.raises(ValueError, match="context"):
+        flow.log_prob(randn(4, 3), randn(5, CONTEXT))  # batch shapes differ
+    bad = randn(4, CONTEXT)
+    bad[0, 0] = math.nan
+    with pytest.raises(ValueError, match="context"):
+        flow.log_prob(randn(4, 3), bad)
+
+
+@pytest.mark.parametrize("name", ["maf", "realnvp"])
+def test_context_with_the_wrong_number_of_features_raises_value_error(name):
+    flow = build(name, 3, CONTEXT)
+    with pytest.raises(ValueError, match="context"):
+        flow.log_prob(randn(4, 3), randn(4, CONTEXT + 1))
+
+
+# --- construction --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("normalization", ["batch", "act", "none"])
+def test_normalization_layers(name, normalization):
+    flow = BUILDERS[name](3, 0, normalization=normalization).double()
+    kinds = {"batch": BatchNorm, "act": ActNorm, "none": None}
+    layers = [m for m in flow.modules() if isinstance(m, (BatchNorm, ActNorm))]
+    if kinds[normalization] is None:
+        assert not layers
+    else:
+        assert len(layers) == 1 and isinstance(layers[0], kinds[normalization])  # between the 2 layers
+    x = randn(128, 3) * torch.tensor([3.0, 0.5, 1.0], dtype=torch.float64) + 2
+    flow.train()
+    lp = flow.log_prob(x)
+    assert torch.isfinite(lp).all()
+    lp.mean().backward()
+    if normalization == "act":
+        assert bool(layers[0].initialized)
+    if normalization == "batch":
+        assert not torch.allclose(layers[0].running_mean, torch.zeros(3, dtype=torch.float64))
+    perturb(flow, seed=3)
+    flow.eval()
+    s, lp = flow.sample_and_log_prob((32,))
+    torch.testing.assert_close(flow.log_prob(s), lp, atol=1e-9, rtol=1e-9)
+
+
+def test_unknown_options_raise():
+    with pytest.raises(ValueError, match="normalization"):
+        pf.MAF(3, normalization="layer")
+    with pytest.raises(ValueError, match="normalization"):
+        pf.NSF(3, normalization="group")
+    with pytest.raises(ValueError, match="masks"):
+        pf.RealNVP(3, masks="checkerboard")
+
+
+@pytest.mark.parametrize("make", [lambda: pf.RealNVP(1), lambda: pf.NSF(1), lambda: pf.NSF(1, autoregressive=False)],
+                         ids=["realnvp", "nsf", "nsf-coupling"])
+def test_coupling_with_one_feature_raises(make):
+    with pytest.raises(ValueError, match="2 features"):
+        make()
+
+
+def test_random_masks_and_single_feature_autoregressive_flows():
+    flow = perturb(pf.RealNVP(4, masks="random", **SMALL).double()).eval()
+    x, lp = flow.sample_and_log_prob((10,))
+    torch.testing.assert_close(flow.log_prob(x), lp)
+    for one in (pf.MAF(1, **SMALL), pf.IAF(1, **SMALL), pf.NSF(1, autoregressive=True, **SMALL)):
+        one = perturb(one.double()).eval()
+        x, lp = one.sample_and_log_prob((10,))
+        assert x.shape == (10, 1)
+        torch.testing.assert_close(one.log_prob(x), lp)
+
+
+def test_presets_start_at_the_standard_normal(name):
+    flow = BUILDERS[name](3, CONTEXT).double().eval()
+    x, c = randn(5, 3), randn(5, CONTEXT, seed=1)
+    torch.testing.assert_close(flow.log_prob(x, c), pf.StandardNormal(3).double().log_prob(x))
+
+
+# --- fitting -------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def moons():
+    from sklearn.datasets import make_moons
+
+    x, _ = make_moons(4000, noise=0.05, random_state=0)
+    x = torch.tensor(x, dtype=torch.float32)
+    train, valid = x[:3000], x[3000:]
+    mean, std = train.mean(0), train.std(0)
+    return (train - mean) / std, (valid - mean) / std
+
+
+def baseline(valid: torch.Tensor) -> float:
+    return float(pf.StandardNormal(2).log_prob(valid).mean())
+
+
+def small_maf(seed: int = 0) -> pf.Flow:
+    torch.manual_seed(seed)
+    return pf.MAF(2, transforms=3, hidden_features=(32,))
+
+
+def test_fit_learns_moons(moons):
+    train, valid = moons
+    torch.manual_seed(0)
+    flow = pf.MAF(2, transforms=5, hidden_features=(64, 64))
+    result = pf.fit(flow, train, valid, epochs=10, batch_size=128, lr=3e-3, max_minutes=0.5, progress=False)
+    assert result.best_valid > baseline(valid) + 0.5, (result.best_valid, baseline(valid))
+    assert not flow.training
+    assert len(result.history) == result.history[-1]["epoch"]
+
+
+def test_fit_keeps_the_best_weights(moons):
+    train, valid = moons
+    # 100 training points and a large learning rate overfit: the last epoch is not the best
+    flow = small_maf()
+    result = pf.fit(flow, train[:100], valid, epochs=30, batch_size=25, lr=2e-2, patience=None, progress=False)
+    scores = [h["valid_log_likelihood"] for h in result.history]
+    assert result.stopped == "epochs" and len(scores) == 30
+    assert result.best_valid == max(scores) and result.best_epoch == scores.index(max(scores)) + 1
+    assert result.best_epoch < 30, "no overfitting: the test could not tell best from last"
+    assert pf.evaluate(flow, valid).mean == pytest.approx(result.best_valid, rel=1e-6, abs=1e-6)
+    assert pf.evaluate(flow, valid).mean != pytest.approx(scores[-1], abs=1e-4)
+
+
+def test_fit_stops_early(moons):
+    train, valid = moons
+    flow = small_maf()
+    result = pf.fit(flow, train[:100], valid, epochs=100, batch_size=25, lr=2e-2, patience=3, progress=False)
+    assert result.stopped == "early stopping"
+    assert len(result.history) == result.best_epoch + 3
+
+
+def test_fit_respects_the_time_budget(moons, monkeypatch):
+    train, valid = moons
+    flow = small_maf()
+    counter = InterruptOnCall(flow.log_prob, n=0)  # never interrupts; counts the calls
+    monkeypatch.setattr(flow, "log_prob", counter)
+    result = pf.fit(flow, train, valid, epochs=1000, batch_size=32, max_minutes=1e-6, progress=False)
+    assert result.stopped == "time budget"
+    assert len(result.history) == 1
+    # the budget is checked after every step: one training step, then one validation pass
+    assert counter.calls == 2
+    assert not flow.training
+
+
+def test_fit_in_float64(moons):
+    train, valid = moons
+    flow = small_maf()
+    result = pf.fit(flow, train.double(), valid.double(), epochs=3, batch_size=128, lr=3e-3,
+                    dtype=torch.float64, progress=False)
+    assert all(p.dtype == torch.float64 for p in flow.parameters())
+    assert all(math.isfinite(h["train_loss"]) and math.isfinite(h["valid_log_likelihood"]) for h in result.history)
+    assert result.best_valid > baseline(valid)
+    assert flow.log_prob(valid.double()).dtype == torch.float64
+
+
+def test_fit_with_context():
+    g = torch.Generator().manual_seed(0)
+    c = torch.randn(2000, 1, generator=g)
+    x = torch.cat([c + 0.1 * torch.randn(2000, 1, generator=g), torch.randn(2000, 1, generator=g)], -1)
+    torch.manual_seed(0)
+    flow = pf.MAF(2, 1, transforms=2, hidden_features=(32,))
+    result = pf.fit(flow, (x[:1500], c[:1500]), (x[1500:], c[1500:]), epochs=8, lr=3e-3, progress=False)
+    # knowing the context, x_0 has a standard deviation of 0.1: far above the unconditional fit
+    assert result.best_valid > float(pf.StandardNormal(2).log_prob(x[1500:]).mean()) + 0.5
+
+
+def test_fit_raises_on_a_nan_loss(moons, monkeypatch):
+    train, valid = moons
+    flow = small_maf()
+    original = flow.log_prob
+    calls = []
+
+    def log_prob(x, context=None):
+        calls.append(1)
+        out = original(x, context)
+        return out * math.nan if len(calls) == 3 else out
+
+    monkeypatch.setattr(flow, "log_prob", log_prob)
+    with pytest.raises(ValueError, match="loss became nan"):
+        pf.fit(flow, train, valid, epochs=2, batch_size=500, progress=False)
+
+
+def test_fit_rejects_bad_arguments(moons, tmp_path):
+    train, valid = moons
+    with pytest.raises(ValueError, match="schedule"):
+        pf.fit(small_maf(), train, valid, schedule="step", progress=False)
+    with pytest.raises(ValueError, match="empty"):
+        pf.fit(small_maf(), train[:0], valid, progress=False)
+    with pytest.raises(FileNotFoundError):
+        pf.fit(small_maf(), train, valid, checkpoint=tmp_path / "missing.pt", resume=True, progress=False)
+
+
+class InterruptOnCall:
+    """Stands in for ``flow.log_prob`` and raises KeyboardInterrupt on its n-th call (Ctrl-C)."""
+
+    def __init__(self, log_prob, n: int):
+        """n = 0 never interrupts."""
+        self.log_prob, self.n, self.calls = log_prob, n, 0
+
+    def __call__(self, x, context=None):
+        self.calls += 1
+        if self.calls == self.n:
+            raise KeyboardInterrupt
+        return self.log_prob(x, context)
+
+
+def fit_catching_interrupts(*args, **kwargs) -> pf.FitResult:
+    try:
+        return pf.fit(*args, **kwargs)
+    except KeyboardInterrupt:
+        pytest.fail("fit let the KeyboardInterrupt through")
+
+
+def test_fit_interrupted_writes_a_checkpoint_and_resumes(moons, monkeypatch, tmp_path):
+    train, valid = moons
+    path = tmp_path / "run" / "checkpoint.pt"
+    options = dict(batch_size=500, lr=3e-3, progress=False, checkpoint=path)
+    flow = small_maf()
+    # 6 training steps and 1 validation pass per epoch: call 10 is step 3 of epoch 2
+    monkeypatch.setattr(flow, "log_prob", InterruptOnCall(flow.log_prob, 10))
+    first = fit_catching_interrupts(flow, train, valid, epochs=5, **options)
+    monkeypatch.undo()
+    assert first.stopped == "interrupted"
+    assert [h["epoch"] for h in first.history] == [1]
+    state = torch.load(path, weights_only=True)
+    assert state["epoch"] == 1 and state["history"] == first.history
+    assert state["best_valid"] == first.best_valid and state["best_epoch"] == 1
+    for key, value in flow.state_dict().items():  # the weights at the interruption
+        torch.testing.assert_close(state["model"][key], value, atol=0, rtol=0)
+    snapshot = tmp_path / "interrupted.pt"
+    shutil.copy(path, snapshot)
+
+    # resume on the interrupted flow: the history continues, epochs are counted from the start
+    resumed = pf.fit(flow, train, valid, epochs=3, resume=True, **options)
+    assert resumed.stopped == "epochs"
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    assert resumed.history[0] == first.history[0]
+    assert resumed.best_valid == max(h["valid_log_likelihood"] for h in resumed.history)
+
+    # resume into a freshly built flow: the same run, so the model and optimiser were restored
+    fresh = small_maf(seed=1)
+    again = pf.fit(fresh, train, valid, epochs=3, resume=True, **{**options, "checkpoint": snapshot})
+    for a, b in zip(again.history, resumed.history):
+        assert a["valid_log_likelihood"] == pytest.approx(b["valid_log_likelihood"], abs=1e-5)
+        assert a["train_loss"] == pytest.approx(b["train_loss"], abs=1e-5)
+
+
+def test_fit_interrupted_between_epochs_then_resumed_equals_an_uninterrupted_run(moons, monkeypatch, tmp_path):
+    """Model, optimiser state, history and the order of the mini-batches all carry over."""
+    train, valid = moons
+    options = dict(epochs=3, batch_size=500, lr=3e-3, patience=None, progress=False)
+    reference = pf.fit(small_maf(), train, valid, **options)
+    flow = small_maf()
+    path = tmp_path / "checkpoint.pt"
+    # 7 calls per epoch (6 steps, 1 validation pass): call 15 is the first step of epoch 3
+    monkeypatch.setattr(flow, "log_prob", InterruptOnCall(flow.log_prob, 15))
+    first = fit_catching_interrupts(flow, train, valid, checkpoint=path, **options)
+    monkeypatch.undo()
+    assert first.stopped == "interrupted" and len(first.history) == 2
+    resumed = pf.fit(small_maf(seed=1), train, valid, checkpoint=path, resume=True, **options)
+    assert resumed.stopped == reference.stopped == "epochs"
+    assert len(resumed.history) == 3
+    for a, b in zip(resumed.history, reference.history):
+        assert a["epoch"] == b["epoch"]
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-6)
+        assert a["valid_log_likelihood"] == pytest.approx(b["valid_log_likelihood"], rel=1e-6)
+    assert resumed.best_valid == pytest.approx(reference.best_valid, rel=1e-6)
+
+
+def test_fit_resumed_with_nothing_left_restores_the_best_weights(moons, monkeypatch, tmp_path):
+    train, valid = moons
+    path = tmp_path / "checkpoint.pt"
+    flow = small_maf()
+    monkeypatch.setattr(flow, "log_prob", InterruptOnCall(flow.log_prob, 10))
+    first = fit_catching_interrupts(flow, train, valid, epochs=5, batch_size=500, checkpoint=path, progress=False)
+    monkeypatch.undo()
+    assert first.stopped == "interrupted"
+    fresh = small_maf(seed=1)
+    result = pf.fit(fresh, train, valid, epochs=1, batch_size=500, checkpoint=path, resume=True, progress=False)
+    assert len(result.history) == 1 and result.best_epoch == 1
+    assert pf.evaluate(fresh, valid).mean == pytest.approx(first.best_valid, rel=1e-6, abs=1e-6)
+
+
+def test_fit_interrupted_in_the_first_epoch(moons, monkeypatch, tmp_path):
+    train, valid = moons
+    path = tmp_path / "checkpoint.pt"
+    flow = small_maf()
+    monkeypatch.setattr(flow, "log_prob", InterruptOnCall(flow.log_prob, 2))
+    first = fit_catching_interrupts(flow, train, valid, epochs=5, batch_size=500, checkpoint=path, progress=False)
+    monkeypatch.undo()
+    assert first.stopped == "interrupted" and first.history == []
+    resumed = pf.fit(flow, train, valid, epochs=2, batch_size=500, checkpoint=path, resume=True, progress=False)
+    assert [h["epoch"] for h in resumed.history] == [1, 2]
+
+
+def test_log_likelihoods_and_evaluate(moons):
+    _, valid = moons
+    flow = small_maf()
+    values = pf.log_likelihoods(flow, valid, batch_size=300)
+    assert values.shape == (1000,)
+    torch.testing.assert_close(values, flow.log_prob(valid).detach())
+    ev = pf.evaluate(flow, valid)
+    assert ev.n == 1000 and ev.mean == pytest.approx(float(values.double().mean()))
+    assert ev.stderr == pytest.approx(float(values.double().std()) / math.sqrt(1000))
