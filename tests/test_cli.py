@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from pushforward.cli import main
+from pushforward.flows import PRESETS, preset_options
 
 TINY = ["--transforms", "1", "--hidden-features", "8", "--epochs", "1", "--quiet"]
 
@@ -51,9 +52,11 @@ def test_fit_evaluate_sample_round_trip(moons_run, tmp_path):
     assert np.loadtxt(tmp_path / "s.csv", delimiter=",").shape == (50, 2)
 
 
-@pytest.mark.parametrize("flow", ["maf", "iaf", "realnvp", "nsf"])
+@pytest.mark.parametrize("flow", sorted(PRESETS))
 def test_every_preset_fits_from_the_command_line(flow, tmp_path):
-    result = run("fit", "--data", "moons", "--flow", flow, *TINY, "--out", tmp_path / flow, "--json")
+    hidden = ["--hidden-features", "8"] if "hidden_features" in preset_options(flow) else []
+    result = run("fit", "--data", "moons", "--flow", flow, "--transforms", "2", *hidden, "--epochs", "1", "--quiet",
+                 "--out", tmp_path / flow, "--json")
     metrics = json.loads(result.output.strip().splitlines()[-1])
     assert np.isfinite(metrics["log_likelihood_nats"]) and metrics["n_examples"] == 2000
 
@@ -122,6 +125,16 @@ def test_corrupted_run_is_reported_and_existing_results_are_untouched(tmp_path, 
     assert "corrupted" in bad("sample", moons_run, "-n", 5, "-o", tmp_path / "x.npy")
     (moons_run / "config.json").write_text("{ broken")
     assert "corrupted" in bad("evaluate", moons_run)
+
+
+def test_an_option_the_preset_does_not_take_is_an_error(tmp_path):
+    assert "--bins does not apply to --flow maf" in bad("fit", "--flow", "maf", "--bins", "4", "--out", tmp_path / "x")
+
+
+def test_fit_help_lists_every_preset():
+    text = run("fit", "--help").output
+    for name in PRESETS:
+        assert name in text
 
 
 def test_help_explains_every_option():
