@@ -8,6 +8,8 @@ from pathlib import Path
 def main(folders: list[str]) -> None:
     rows = []
     for folder in folders:
+        if not (Path(folder) / "metrics.json").is_file():
+            continue
         m = json.loads((Path(folder) / "metrics.json").read_text())
         c = json.loads((Path(folder) / "config.json").read_text())
         rows.append((c["flow"], m))

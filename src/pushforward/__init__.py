@@ -13,6 +13,7 @@ from .flows import BNAF, NAF, NICE, UMNN
 from .flows import HouseholderFlow, LUFlow, PlanarFlow, RadialFlow, SylvesterFlow
 from .flows import BernsteinFlow, SOSFlow
 from .train import Evaluation, FitResult, evaluate, fit, log_likelihoods
+from . import targets, vae, vi
 
 __all__ = [
     "Transform", "Chain", "Inverse", "Flow", "StandardNormal", "DiagNormal",
@@ -21,5 +22,6 @@ __all__ = [
     "SOSFlow", "BernsteinFlow",
     "fit", "evaluate", "log_likelihoods", "FitResult", "Evaluation",
     "flows", "distributions", "transforms", "nn", "testing", "data",
+    "targets", "vi", "vae",
 ]
 __version__ = "0.1.0"

@@ -2,5 +2,6 @@
 
 from .made import MADE, MaskedLinear
 from .mlp import MLP, cat_context
+from .parameters import ContextParameters
 
-__all__ = ["MADE", "MaskedLinear", "MLP", "cat_context"]
+__all__ = ["MADE", "MaskedLinear", "MLP", "cat_context", "ContextParameters"]

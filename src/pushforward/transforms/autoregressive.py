@@ -53,4 +53,5 @@ class MaskedAutoregressive(Transform):
         return z, ladj.sum(-1)
 
     def extra_repr(self) -> str:
-        return f"map={self.map!r}"
+        # A map that is a module (it has parameters) is printed as a child already.
+        return "" if isinstance(self.map, nn.Module) else f"map={self.map!r}"

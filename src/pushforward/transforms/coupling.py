@@ -69,4 +69,5 @@ class Coupling(Transform):
         return self._couple(x, context, inverse=True)
 
     def extra_repr(self) -> str:
-        return f"map={self.map!r}"
+        # A map that is a module (it has parameters) is printed as a child already.
+        return "" if isinstance(self.map, nn.Module) else f"map={self.map!r}"

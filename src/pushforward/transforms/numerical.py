@@ -43,10 +43,12 @@ def bisection(f: Callable[[Tensor], Tensor], y: Tensor, tol: float | None = None
         max_bracket: the largest |x| looked at.
 
     Raises:
-        ConvergenceError: if y lies outside f([-max_bracket, max_bracket]), f is not finite
+        ConvergenceError: if y is not finite or lies outside f([-max_bracket, max_bracket]), f is not finite
             there, or the bracket is still wider than the tolerance after ``max_iter`` halvings.
     """
     tol = default_tolerance(y.dtype) if tol is None else tol
+    if not bool(torch.isfinite(y).all()):
+        raise ConvergenceError("bisection: the target holds NaN or infinite values")
     with torch.no_grad():
         lower, upper = -torch.ones_like(y), torch.ones_like(y)
         while True:

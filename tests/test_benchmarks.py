@@ -1,0 +1,76 @@
+"""Smoke tests of the benchmark harness (benchmarks/): pushforward alone, and each peer if installed."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from benchmarks import compare, peers
+
+TINY = dict(transforms=2, hidden=(8, 8), bins=4)
+
+
+@pytest.mark.parametrize("arch", list(peers.ARCHITECTURES))
+def test_pushforward_builds_every_architecture(arch):
+    model = peers.build("pushforward", peers.Spec(arch, 3, **TINY))
+    x = torch.randn(5, 3)
+    assert model.log_prob(x).shape == (5,)
+    assert model.sample(4).shape == (4, 3)
+    assert peers.parameter_count(model.module) > 0
+
+
+def test_matmul_products_of_maf():
+    """Each MADE layer: forward + weight gradient + input gradient, except the data-side first layer."""
+    d, b = 3, 10
+    model = peers.build("pushforward", peers.Spec("maf", d, **TINY))
+    products = compare.matmul_products(model.module, b)
+    sizes = [(d, 8), (8, 8), (8, 2 * d)]
+    one = sum(2 * b * i * o for i, o in sizes)
+    assert len(products) == 2 * 9 - 1
+    assert compare.flop_count(products) == 2 * 3 * one - 2 * b * d * 8
+
+
+def test_batch_plan_is_shared_and_sized():
+    a, b = compare.batch_plan(50, 16, 7, seed=0), compare.batch_plan(50, 16, 7, seed=0)
+    assert len(a) == 7 and all(len(i) == 16 for i in a)
+    assert all(torch.equal(i, j) for i, j in zip(a, b))
+
+
+def test_quick_run_of_pushforward_alone():
+    lines: list[str] = []
+    runs = compare.main(["--quick", "--libraries", "pushforward", "--data", "toy", "--arch", "maf,nsf-coupling",
+                         "--hidden", "8,8", "--transforms", "2", "--toy-size", "300", "--log-prob-batch", "64",
+                         "--sample-size", "32", "--threads", "1"], log=lines.append)
+    assert len(runs) == 2
+    result = runs[0]["results"]["pushforward"]
+    assert len(result["train"]) == 2 and all(v > 0 for v in result["train"] + result["log_prob"] + result["sample"])
+    assert result["steps"] == 1 + 2 * 3
+    assert math.isfinite(result["test_ll"][0])
+    assert abs(result["mass"] - 1) < 0.02  # log_prob is a density of the data
+    assert runs[0]["bound"]["flops"] > 0
+    assert any("GFLOP/s" in line for line in lines)
+
+
+def test_memory_probe_in_a_subprocess():
+    job = compare.ProbeJob("pushforward", dict(arch="maf", features=4, transforms=2, hidden=[64, 64], bins=8, bound=5.0),
+                           "train", 256, 1, 0)
+    assert compare.measure_memory(job, timeout=120) > 0.5  # gradients, Adam state, activations: ~8 MiB here
+
+
+@pytest.mark.parametrize("library", peers.PEERS)
+def test_peer_builds_the_same_model_in_the_same_convention(library):
+    """Equal parameter counts, and exp(log_prob) integrates to 1 over the data plane."""
+    pytest.importorskip(library)
+    torch.manual_seed(0)
+    for arch in peers.ARCHITECTURES:
+        spec = peers.Spec(arch, 2, **TINY)
+        ours = peers.build("pushforward", spec)
+        model = peers.build(library, spec)
+        assert peers.parameter_count(model.module) == peers.parameter_count(ours.module), arch
+        with torch.no_grad():
+            for p in model.module.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        assert abs(compare.grid_mass(model, half_width=8.0, points=241) - 1) < 0.02, arch
+        assert model.sample(3).shape == (3, 2)
