@@ -298,11 +298,13 @@ def _status_bytes(field: str) -> int | None:
 def _reset_peak_rss() -> int:
     """Make the peak RSS start from here; returns the value it starts from (bytes).
 
-    On Linux, writing 5 to /proc/self/clear_refs resets the peak (VmHWM) to the current RSS, so
-    that the transient peak of importing torch and the peers does not hide the operation's.
+    On Linux, glibc's free heap is first returned to the system (``malloc_trim``), then writing 5
+    to /proc/self/clear_refs resets the peak (VmHWM) to the current RSS, so that the transient
+    peak of importing torch and the peers does not hide the operation's.
     Elsewhere the peak so far (``ru_maxrss``) is the baseline.
     """
     gc.collect()
+    _malloc_trim()
     try:
         Path("/proc/self/clear_refs").write_text("5")
         hwm = _status_bytes("VmHWM")
@@ -313,6 +315,17 @@ def _reset_peak_rss() -> int:
     return _peak_rss()
 
 
+def _malloc_trim() -> None:
+    """Return glibc's free heap to the system (Linux), so that memory freed by the imports is not
+    silently reused by the operation without raising the RSS."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _peak_rss() -> int:
     hwm = _status_bytes("VmHWM")
     if hwm is not None:
@@ -321,13 +334,18 @@ def _peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit
 
 
+# glibc: serve every block above 64 KiB by mmap and return it at free, with no adaptive threshold,
+# so that the RSS follows the live tensors (repeated probes then agree to about 0.2 MiB, not 5).
+_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+
+
 def measure_memory(job: ProbeJob, timeout: float = 600) -> float:
     """Run :func:`_probe` in a fresh ``python -m benchmarks.compare --probe`` subprocess; MiB or NaN."""
     command = [sys.executable, "-W", "ignore", "-m", "benchmarks.compare", "--probe", json.dumps(asdict(job))]
     root = Path(__file__).resolve().parents[1]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=root,
-                              env={**os.environ, "OMP_NUM_THREADS": str(job.threads)})
+                              env={**os.environ, "OMP_NUM_THREADS": str(job.threads), **_MALLOC_ENV})
         return float(done.stdout.strip().splitlines()[-1])
     except (subprocess.TimeoutExpired, ValueError, IndexError):
         return math.nan
@@ -550,7 +568,7 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"comma-separated of {', '.join(ARCHITECTURES)} (default: all; maf only for mnist)")
     p.add_argument("--libraries", default=",".join(LIBRARIES), help="comma-separated (default: all installed)")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
-    p.add_argument("--repeats", type=int, default=None, help="interleaved repetitions (default 5; --quick 2)")
+    p.add_argument("--repeats", type=int, default=None, help="interleaved repetitions (default 5; --quick 2; 0: memory only)")
     p.add_argument("--steps", type=int, default=None, help="training steps per repetition (default 20; --quick 3)")
     p.add_argument("--warmup", type=int, default=None, help="untimed training steps first (default 5; --quick 1)")
     p.add_argument("--batch-size", type=int, default=128)
@@ -593,9 +611,9 @@ def main(argv: Sequence[str] | None = None, log: Callable[[str], None] = print) 
             libraries.append(library)
     settings = Settings(
         libraries=libraries, threads=args.threads,
-        repeats=args.repeats or (2 if quick else 5), steps=args.steps or (3 if quick else 20),
-        warmup=args.warmup if args.warmup is not None else (1 if quick else 5), batch=args.batch_size, lr=args.lr,
-        seed=args.seed, log_prob_batch=args.log_prob_batch, calls=args.calls or (1 if quick else 3),
+        repeats=_pick(args.repeats, 2 if quick else 5), steps=_pick(args.steps, 3 if quick else 20),
+        warmup=_pick(args.warmup, 1 if quick else 5), batch=args.batch_size, lr=args.lr,
+        seed=args.seed, log_prob_batch=args.log_prob_batch, calls=_pick(args.calls, 1 if quick else 3),
         sample_size=args.sample_size, memory=not (args.no_memory or quick), device=args.device,
         fused_adam=args.fused_adam)
     hidden = tuple(int(h) for h in args.hidden.split(",")) if args.hidden else None
@@ -627,6 +645,10 @@ def main(argv: Sequence[str] | None = None, log: Callable[[str], None] = print) 
         Path(args.json).write_text(json.dumps({"versions": versions, "settings": asdict(settings), "runs": runs},
                                               indent=1, default=str))
     return runs
+
+
+def _pick(value: int | None, default: int) -> int:
+    return default if value is None else value
 
 
 def _version(name: str) -> str:

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from pushforward import vae
 from pushforward.cli_vi import vae as vae_command
+from pushforward import testing
 from pushforward.testing import perturb
 
 MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
@@ -43,6 +44,9 @@ def test_posterior_log_q_matches_the_flow_density_in_its_amortised_form(posterio
     torch.manual_seed(3)
     z_broadcast, _ = model.posterior_sample(x, samples=4)
     torch.testing.assert_close(z_broadcast, model.posterior.transform(z0, h.expand(4, *h.shape))[0])
+    # the registry's checks on the whole amortised posterior chain, in float64 with the encoder's context
+    testing.check_round_trip(model.posterior.transform, z0[0].detach(), h.detach())
+    testing.check_ladj(model.posterior.transform, z0[0, :3].detach(), h[:3].detach())
     model.loss(x, beta=0.5).backward()
     grads = [p.grad for p in model.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)

@@ -2,7 +2,6 @@
 
 import json
 import math
-import sys
 
 import pytest
 import torch
@@ -28,7 +27,8 @@ def gaussian_q(loc, log_scale):
 
 
 def gaussian_target(mean, cov, log_z):
-    p = torch.distributions.MultivariateNormal(torch.tensor(mean, dtype=torch.float64), torch.tensor(cov, dtype=torch.float64))
+    mean, cov = torch.tensor(mean, dtype=torch.float64), torch.tensor(cov, dtype=torch.float64)
+    p = torch.distributions.MultivariateNormal(mean, cov)
     return p, (lambda x: p.log_prob(x) + log_z)
 
 
@@ -59,7 +59,8 @@ def test_box_targets_have_a_finite_gradient_everywhere():
                                                + torch.distributions.Normal(0.7 * (z[:, 0] ** 2 - 1.5**2), 0.5)
                                                .log_prob(z[:, 1]))),
     (targets.funnel(4), lambda z: (torch.distributions.Normal(0, 3.0).log_prob(z[:, 0])
-                                   + torch.distributions.Normal(0, torch.exp(z[:, :1] / 2)).log_prob(z[:, 1:]).sum(-1))),
+                                   + torch.distributions.Normal(0, torch.exp(z[:, :1] / 2))
+                                   .log_prob(z[:, 1:]).sum(-1))),
     (targets.gaussian_mixture([[0.0, 1.0], [2.0, -1.0]], [0.5, 2.0], [1.0, 3.0]),
      lambda z: torch.logsumexp(torch.stack([
          math.log(0.25) + torch.distributions.Normal(torch.tensor([0.0, 1.0]), 0.5).log_prob(z).sum(-1),
@@ -107,8 +108,8 @@ def test_user_targets_from_a_file_and_a_module(tmp_path, monkeypatch):
 def test_elbo_estimator_is_unbiased_for_a_gaussian_target():
     p, log_target = gaussian_target([1.0, -0.5], [[1.0, 0.6], [0.6, 2.0]], log_z=2.5)
     q = gaussian_q([0.3, 0.2], [-0.4, 0.5])
-    kl = torch.distributions.kl_divergence(
-        torch.distributions.MultivariateNormal(q.base.loc.detach(), torch.diag(torch.exp(2 * q.base.log_scale.detach()))), p)
+    q_cov = torch.diag(torch.exp(2 * q.base.log_scale.detach()))
+    kl = torch.distributions.kl_divergence(torch.distributions.MultivariateNormal(q.base.loc.detach(), q_cov), p)
     with torch.no_grad():
         estimates = torch.stack([vi.elbo(q, log_target, samples=4) for _ in range(2000)])
     se = estimates.std() / math.sqrt(len(estimates))

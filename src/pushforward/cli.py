@@ -306,5 +306,10 @@ def _sample_png(x: torch.Tensor, meta: dict, output: str) -> None:
     ax.scatter(x[:, 0].numpy(), x[:, 1 % x.shape[1]].numpy(), s=2)
     fig.savefig(output, dpi=100)
     plt.close(fig)
+from .cli_vi import vae, vi  # noqa: E402  (cli_vi imports this module's helpers lazily)
+
+main.add_command(vi)
+main.add_command(vae)
+
 if __name__ == "__main__":
     main()

@@ -9,6 +9,8 @@ Both follow ``pushforward fit``: a run folder (config.json, model.pt, metrics.js
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 from dataclasses import asdict
 from pathlib import Path
@@ -16,13 +18,25 @@ from pathlib import Path
 import click
 import torch
 
-from .cli import _hidden, _one_line_errors, _preset_kwargs
 from .experiment import CONFIG, METRICS, save_run, write_json
 from .flows import PRESETS
 from .targets import TARGETS, Target, get_target, grid_log_z
 from .train import save_atomic
 
 __all__ = ["vi", "vae"]
+
+
+def _one_line_errors(command):
+    """``pushforward.cli``'s one-line errors, imported when the command runs, so that cli.py
+    can import this module (to register its commands) without an import cycle."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from .cli import _one_line_errors as one_line
+
+        return one_line(command)(*args, **kwargs)
+
+    return wrapper
 
 
 def _fresh_out(out: str | None, default: str, overwrite: bool) -> Path:
@@ -40,8 +54,6 @@ def _fresh_out(out: str | None, default: str, overwrite: bool) -> Path:
 
 
 def _emit(metrics: dict, as_json: bool, line: str) -> None:
-    import json
-
     click.echo(json.dumps(metrics) if as_json else line)
 
 
@@ -49,8 +61,8 @@ def _emit(metrics: dict, as_json: bool, line: str) -> None:
 
 @click.command()
 @click.option("--target", "target_spec", required=True,
-              help=f"Target: {', '.join(TARGETS)}, or a user log-density 'module:function' / 'path/to/file.py:function' "
-                   "mapping z (N, D) to (N,).")
+              help=f"Target: {', '.join(TARGETS)}, or a user log-density 'module:function' / "
+                   "'path/to/file.py:function' mapping z (N, D) to (N,).")
 @click.option("--dim", type=click.IntRange(min=1), default=None,
               help="Dimension of the target (funnel, user functions without a .dim attribute).")
 @click.option("--flow", "flow_name", type=click.Choice(sorted(PRESETS)), default="planar", show_default=True,
@@ -94,6 +106,7 @@ def vi(target_spec, dim, flow_name, transforms, hidden_features, bins, autoregre
     sample size, and the reference log Z where it is known), elbo.png, and for 2-D targets
     density.png: the target beside q's density and q's samples.
     """
+    from .cli import _hidden, _preset_kwargs
     from .vi import estimate_log_z, fit_vi
 
     if threads:
@@ -131,12 +144,14 @@ def vi(target_spec, dim, flow_name, transforms, hidden_features, bins, autoregre
 
 
 def _vi_metrics(target: Target, flow_name: str, estimate, result, out: Path) -> dict:
-    m = {"target": target.name, "dim": target.dim, "flow": flow_name, **asdict(estimate),
-         "log_z_stderr": estimate.stderr, "ess_fraction": estimate.ess / estimate.n,
+    m = {"target": target.name, "dim": target.dim, "flow": flow_name, "elbo": estimate.elbo,
+         "elbo_stderr": estimate.elbo_stderr, "log_z": estimate.log_z, "log_z_stderr": estimate.stderr,
+         "ess": estimate.ess, "ess_fraction": estimate.ess / estimate.n, "n_samples": estimate.n,
          "reference_log_z": target.log_z, "reference_note": target.note,
          "steps": result.steps, "stopped": result.stopped, "seconds": round(result.seconds, 3), "out": str(out)}
     if target.log_z is not None:
-        m["log_z_error_stderrs"] = (estimate.log_z - target.log_z) / estimate.stderr if estimate.stderr > 0 else math.inf
+        error = estimate.log_z - target.log_z
+        m["log_z_error_stderrs"] = error / estimate.stderr if estimate.stderr > 0 else math.copysign(math.inf, error)
     return m
 
 
@@ -156,10 +171,10 @@ def _vi_plots(out: Path, flow, target: Target, history: list[dict]) -> None:
         fig.savefig(out / "elbo.png", dpi=100)
         plt.close(fig)
     if target.dim == 2:
-        density_png(flow, target, out / "density.png")
+        _density_png(flow, target, out / "density.png")
 
 
-def density_png(flow, target: Target, path: Path, resolution: int = 200, samples: int = 100_000) -> None:
+def _density_png(flow, target: Target, path: Path, resolution: int = 200, samples: int = 100_000) -> None:
     r"""Save the target density beside q's density and a histogram of q's samples (2-D targets).
 
     The target is shown normalised by its log Z on the plotting box (grid estimate); q's
@@ -267,6 +282,7 @@ def vae(posterior, data_dir, latent, hidden_features, context_features, transfor
     samples).
     """
     from . import vae as vae_lib
+    from .cli import _hidden
 
     if threads:
         torch.set_num_threads(threads)

@@ -242,7 +242,8 @@ def gaussian_mixture(means: Tensor | Sequence[Sequence[float]], scales: Tensor |
     """
     means = torch.as_tensor(means, dtype=torch.float64)
     scales = torch.as_tensor(scales, dtype=torch.float64).reshape(-1)
-    weights = torch.ones(len(means), dtype=torch.float64) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+    weights = torch.ones(len(means)) if weights is None else torch.as_tensor(weights)
+    weights = weights.to(torch.float64)
     if means.dim() != 2 or scales.shape != (len(means),) or weights.shape != (len(means),):
         raise ValueError(f"mixture: means (K, dim), scales (K,), weights (K,) expected, got "
                          f"{tuple(means.shape)}, {tuple(scales.shape)}, {tuple(weights.shape)}")

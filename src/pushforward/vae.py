@@ -21,6 +21,7 @@ Posteriors (:data:`POSTERIORS`): "gaussian" (no flow), "planar", "iaf", "househo
 from __future__ import annotations
 
 import copy
+import json
 import math
 import sys
 import time
@@ -167,7 +168,8 @@ class VAE(nn.Module):
         if prior is None:
             self.prior: nn.Module = StandardNormal(latent)
         else:
-            self.prior = PRESETS[prior](latent, **({} if prior_transforms is None else {"transforms": prior_transforms}))
+            options = {} if prior_transforms is None else {"transforms": prior_transforms}
+            self.prior = PRESETS[prior](latent, **options)
         self.features, self.latent = features, latent
 
     def init_decoder_bias(self, mean: Tensor) -> None:
@@ -274,20 +276,22 @@ class VAEEvaluation:
 
 
 def evaluate_vae(model: VAE, x: Tensor, samples: int = 5000, batch_size: int = 100, sample_batch: int = 500,
-                 device: str | torch.device | None = None, progress: bool = False) -> VAEEvaluation:
+                 progress: bool = False) -> VAEEvaluation:
     r"""Negative ELBO and importance-weighted -log p(x) of each example, averaged, in nats.
 
     For each example, S = ``samples`` draws z_s ~ q(z | x) give log w_s = log p(x, z_s) -
     log q(z_s | x); -ELBO^ = -mean_s log w_s and -log p^(x) = -logmeanexp_s log w_s, an upper
     bound on -log p(x) in expectation that tightens as S grows (Burda et al. 2016, theorem 1).
-    The draws are taken ``sample_batch`` at a time; runs without gradients, in eval mode.
+    The draws are taken ``sample_batch`` at a time, on the model's device; runs without
+    gradients, in eval mode. Cost: S decoder passes per example (about 30 minutes for the
+    10,000 MNIST test images with S = 5000 and the default MLP on a 2-core CPU).
 
     Shapes: x (N, features).
 
     Reference: Burda, Grosse & Salakhutdinov. Importance weighted autoencoders. ICLR 2016.
     """
     param = next(model.parameters())
-    device = param.device if device is None else torch.device(device)
+    device = param.device
     was_training = model.training
     model.eval()
     nll, elbo = [], []
@@ -360,6 +364,7 @@ def fit_vae(model: VAE, data: BinaryImages, *, epochs: int = 1000, batch_size: i
     """
     torch.manual_seed(seed)
     model.to(device)
+    param = next(model.parameters())
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     n = len(data.train)
     steps = math.ceil(n / batch_size)
@@ -376,7 +381,7 @@ def fit_vae(model: VAE, data: BinaryImages, *, epochs: int = 1000, batch_size: i
             bar = tqdm(range(steps), desc=f"epoch {epoch + 1}", disable=not progress, leave=False, file=sys.stderr)
             for i in bar:
                 grey = data.train[order[i * batch_size : (i + 1) * batch_size]]
-                x = torch.bernoulli(grey).to(device)
+                x = torch.bernoulli(grey).to(device, param.dtype)
                 beta = min(1.0, (step_count + 1) / warmup_steps) if warmup_steps > 0 else 1.0
                 loss = model.loss(x, beta)
                 if not torch.isfinite(loss):
@@ -430,8 +435,6 @@ def load_vae(out: str | Path) -> tuple[VAE, dict]:
         FileNotFoundError: if the folder, its config or its weights are missing.
         ValueError: if the config or the weights are corrupted or do not match.
     """
-    import json
-
     out = Path(out)
     for name in ("config.json", "model.pt"):
         if not (out / name).is_file():
