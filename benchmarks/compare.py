@@ -59,7 +59,7 @@ from torch import Tensor, nn
 from .peers import ARCHITECTURES, LIBRARIES, Model, Spec, Unsupported, available, build, parameter_count
 
 __all__ = ["Data", "load_data", "batch_plan", "matmul_products", "dense_bound", "measure_memory",
-           "benchmark", "main"]
+           "benchmark", "report", "markdown", "main"]
 
 DEFAULT_MNIST_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist"
 
@@ -168,7 +168,7 @@ class Runner:
             return _timed(lambda: [self.model.sample(n) for _ in range(calls)], self.device)
 
 
-def test_log_likelihood(model: Model, x: Tensor, batch: int = 1000) -> tuple[float, float]:
+def held_out_log_likelihood(model: Model, x: Tensor, batch: int = 1000) -> tuple[float, float]:
     """Mean and standard error (nats per example) of log_prob over ``x``; NaN if any is non-finite."""
     model.module.eval()
     with torch.no_grad():
@@ -451,7 +451,7 @@ def benchmark(data: Data, spec: Spec, settings: Settings, log: Callable[[str], N
         for library, runner in runners.items():
             result = results[library]
             result.steps, result.diverged_at = runner.step, runner.diverged_at
-            result.test_ll = test_log_likelihood(runner.model, test)
+            result.test_ll = held_out_log_likelihood(runner.model, test)
             if data.features == 2 and device.type == "cpu":
                 result.mass = grid_mass(runner.model)
 
@@ -541,6 +541,28 @@ def report(run: dict, log: Callable[[str], None] = print) -> None:
                 log(f"    {name} reaches {_spread(share)} of the bound")
 
 
+def markdown(runs: Sequence[dict]) -> str:
+    """The ratio tables of a run in Markdown, one row per (data set, architecture, peer)."""
+    lines = ["| data | model | peer | train | log_prob | sample | peak memory t/l/s | test LL: ours − peer (± SE) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for run in runs:
+        results = {k: r for k, r in run["results"].items() if not r["error"]}
+        ours = results.get("pushforward")
+        if ours is None:
+            continue
+        for name, r in results.items():
+            if name == "pushforward":
+                continue
+            ratio = {key: _spread([a / b for a, b in zip(ours[key], r[key])]) for key in ("train", "log_prob", "sample")}
+            memory = "/".join(f"{ours['memory'][op] / r['memory'][op]:.2f}" if r["memory"].get(op) else "–"
+                              for op in ("train", "log_prob", "sample")) if r["memory"] else "–"
+            d_ll = ours["test_ll"][0] - r["test_ll"][0]
+            se = math.hypot(ours["test_ll"][1], r["test_ll"][1])
+            lines.append(f"| {run['data']} | {run['spec']['arch']} | {name} | {ratio['train']} | {ratio['log_prob']} | "
+                         f"{ratio['sample']} | {memory} | {d_ll:+.2f} (± {se:.2f}) |")
+    return "\n".join(lines) + "\n"
+
+
 # --- command line ----------------------------------------------------------------------------
 
 def _profile(data: Data, spec: Spec, settings: Settings, log: Callable[[str], None] = print) -> None:
@@ -591,6 +613,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", action="store_true", help="also print a torch.profiler table of our training step")
     p.add_argument("--device", default="cpu", help="cpu, cuda or mps")
     p.add_argument("--json", default=None, help="also write all measurements to this file")
+    p.add_argument("--markdown", default=None, help="also write the ratio table (Markdown) to this file")
     p.add_argument("--probe", default=None, help=argparse.SUPPRESS)
     return p
 
@@ -641,6 +664,8 @@ def main(argv: Sequence[str] | None = None, log: Callable[[str], None] = print) 
             runs.append(run)
             if args.profile and arch == archs[0]:
                 _profile(data, spec, settings, log)
+    if args.markdown:
+        Path(args.markdown).write_text(markdown(runs))
     if args.json:
         Path(args.json).write_text(json.dumps({"versions": versions, "settings": asdict(settings), "runs": runs},
                                               indent=1, default=str))

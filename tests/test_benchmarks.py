@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from benchmarks import compare, peers
+# benchmarks/ lives beside src/ and is not installed: make it importable under plain `pytest` too.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import compare, peers  # noqa: E402
 
 TINY = dict(transforms=2, hidden=(8, 8), bins=4)
 
@@ -59,6 +64,7 @@ def test_memory_probe_in_a_subprocess():
     assert compare.measure_memory(job, timeout=120) > 0.5  # gradients, Adam state, activations: ~8 MiB here
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # the peers' own (nflows' init notice, torchflows' indexing)
 @pytest.mark.parametrize("library", peers.PEERS)
 def test_peer_builds_the_same_model_in_the_same_convention(library):
     """Equal parameter counts, and exp(log_prob) integrates to 1 over the data plane."""
