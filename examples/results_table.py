@@ -19,8 +19,8 @@ def main(folders: list[str]) -> None:
     bpd = g.get("bits_per_dim")
     print("| flow | test log-likelihood (nats) | bits/dim | epochs (best) | seconds | stopped |")
     print("|---|---|---|---|---|---|")
-    print(f"| full-covariance Gaussian | {g['log_likelihood_nats']:.2f} ± {g['stderr_nats']:.2f} | "
-          f"{bpd:.3f} | | | |" if bpd is not None else "")
+    bpd_text = f"{bpd:.3f}" if bpd is not None else ""
+    print(f"| full-covariance Gaussian | {g['log_likelihood_nats']:.2f} ± {g['stderr_nats']:.2f} | {bpd_text} | | | |")
     for flow, m in sorted(rows, key=lambda r: -r[1]["log_likelihood_nats"]):
         b = f"{m['bits_per_dim']:.3f}" if m.get("bits_per_dim") is not None else ""
         print(f"| {flow} | {m['log_likelihood_nats']:.2f} ± {m['stderr_nats']:.2f} | {b} | "

@@ -165,3 +165,12 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues(tmp_path):
     history = json.loads((out / "metrics.json").read_text())["history"]
     assert [h["epoch"] for h in history] == list(range(1, len(history) + 1))
     assert os.path.getsize(out / "model.pt") > 0
+
+
+def test_a_constant_column_still_gives_metrics_without_the_gaussian(tmp_path):
+    rng = np.random.default_rng(0)
+    data = np.column_stack([rng.normal(size=200), rng.normal(size=200), np.ones(200)])
+    np.save(tmp_path / "const.npy", data)
+    result = run("fit", "--data", tmp_path / "const.npy", *TINY, "--out", tmp_path / "run", "--json")
+    assert np.isfinite(json.loads(result.output.strip().splitlines()[-1])["log_likelihood_nats"])
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["gaussian_baseline"] is None

@@ -87,6 +87,15 @@ def _metrics(flow, dataset, split: str, seconds: float, out: Path) -> dict:
     return {**m, "split": split, "seconds": round(seconds, 3), "out": str(out)}
 
 
+def _gaussian_metrics(dataset) -> dict | None:
+    """Test metrics of the full-covariance Gaussian, or None when its covariance is singular
+    (a constant or collinear column, which the flow's standardisation tolerates)."""
+    try:
+        return asdict(measure(gaussian_baseline(dataset.train), dataset, "test"))
+    except ValueError:
+        return None
+
+
 def _default_out(data: str, flow: str) -> Path:
     stem = Path("runs") / f"{Path(data).stem}-{flow}"
     out, i = stem, 1
@@ -223,7 +232,7 @@ def fit(data, data_dir, test_file, flow_name, transforms, hidden_features, bins,
     metrics = _metrics(flow, dataset, "test", result.seconds, out)
     metrics.update(best_epoch=result.best_epoch, best_valid_log_likelihood_nats=result.best_valid,
                    stopped=result.stopped, history=result.history,
-                   gaussian_baseline=asdict(measure(gaussian_baseline(dataset.train), dataset, "test")))
+                   gaussian_baseline=_gaussian_metrics(dataset))
     write_json(metrics, out / METRICS)
     _plots(out, flow, dataset, result.history)
     if not as_json:
@@ -232,8 +241,9 @@ def fit(data, data_dir, test_file, flow_name, transforms, hidden_features, bins,
     _emit({k: v for k, v in metrics.items() if k != "history"}, as_json)
     if not as_json:
         g = metrics["gaussian_baseline"]
-        click.echo(f"full-covariance Gaussian on the same data: {g['log_likelihood_nats']:.4f} "
-                   f"± {g['stderr_nats']:.4f} nats" + (f"; {g['bits_per_dim']:.4f} bits/dim" if g["bits_per_dim"] else ""))
+        if g is not None:
+            click.echo(f"full-covariance Gaussian on the same data: {g['log_likelihood_nats']:.4f} "
+                       f"± {g['stderr_nats']:.4f} nats" + (f"; {g['bits_per_dim']:.4f} bits/dim" if g["bits_per_dim"] else ""))
     if not as_json:
         click.echo(f"wrote {out}/ (model.pt, config.json, metrics.json, PNGs)")
 
