@@ -97,9 +97,9 @@ def test_orthogonalize_failure_paths():
     q = randn(5, 3)
     with pytest.raises(ConvergenceError):
         orthogonalize(q, max_iter=1)
-    q[:, 2] = q[:, 0]  # rank-deficient: never orthonormal
+    q[:, 2] = q[:, 0]  # rank-deficient: only rounding moves its zero singular value, x1.5 per iteration
     with pytest.raises(ConvergenceError):
-        orthogonalize(q)
+        orthogonalize(q, max_iter=40)
     with pytest.raises(ValueError, match="columns"):
         orthogonalize(randn(3, 5))
 
