@@ -529,7 +529,7 @@ def report(run: dict, log: Callable[[str], None] = print) -> None:
             log(f"    vs {name:<11} train {_spread(ratio['train'])}   log_prob {_spread(ratio['log_prob'])}   "
                 f"sample {_spread(ratio['sample'])}   memory {memory}   ΔLL {d_ll:+.2f} (± {se:.2f})")
     bound = run["bound"]
-    if bound:
+    if bound and bound["products"]:
         log(f"  dense-matmul bound ({bound['products']} torch.mm products, {bound['flops'] / 1e9:.3f} GFLOP per step): "
             f"{_median(bound['examples_per_s']):,.0f} ex/s at {_spread(bound['gflops_mm'], '{:.1f}')} GFLOP/s")
         fraction = [a / b for a, b in zip(bound["gflops_ours"], bound["gflops_mm"])]

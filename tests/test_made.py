@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.autograd.functional import jacobian
 
-from pushforward.nn import MADE
+from pushforward.nn import MADE, MaskedLinear
 from pushforward.testing import perturb
 from pushforward.transforms import AffineMap, MaskedAutoregressive, RQSpline
 
@@ -110,6 +110,44 @@ def test_made_needs_its_context():
     made = MADE(3, 2, context_features=2, hidden_features=(8,))
     with pytest.raises(ValueError, match="context"):
         made(torch.randn(4, 3))
+
+
+# --- MaskedLinear: the block products equal the dense masked product -----------------------
+
+def staircases():
+    degrees = torch.sort(1 + torch.arange(24) % 7).values
+    features = torch.arange(1, 8)
+    yield "hidden", degrees[:, None] >= degrees[None, :]
+    yield "input-natural", degrees[:, None] >= features[None, :]
+    yield "input-reversed", degrees[:, None] >= features.flip(0)[None, :]
+    yield "output-reversed", features.flip(0).repeat_interleave(3)[:, None] > degrees[None, :]
+
+
+@pytest.mark.parametrize("name, mask", list(staircases()), ids=[n for n, _ in staircases()])
+@pytest.mark.parametrize("blocks", [2, 3, 5])
+def test_masked_linear_blocks_equal_the_dense_product(name, mask, blocks):
+    block = perturb(MaskedLinear(mask, blocks=blocks).double())
+    assert block.blocks is not None, "a staircase mask has a block plan"
+    dense = MaskedLinear(mask, blocks=1).double()
+    dense.load_state_dict(block.state_dict())
+    assert dense.blocks is None
+    x = torch.randn(2, 5, mask.shape[1], dtype=torch.float64, requires_grad=True)
+    outputs = []
+    for layer in (block, dense):
+        y = layer(x)
+        (y * torch.linspace(-1, 1, y.numel(), dtype=torch.float64).view_as(y)).sum().backward()
+        outputs.append((y, x.grad.clone(), layer.weight.grad, layer.bias.grad))
+        x.grad = None
+    for a, b in zip(*outputs):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert outputs[0][2][mask == 0].eq(0).all(), "no gradient where the mask is zero"
+
+
+def test_masked_linear_without_a_staircase_is_dense():
+    mask = torch.tensor([[1, 0, 1], [1, 1, 1]])
+    assert MaskedLinear(mask, blocks=2).blocks is None  # row 0 uses columns 0 and 2 only
+    with pytest.raises(ValueError, match="blocks"):
+        MaskedLinear(mask, blocks=0)
 
 
 # --- MaskedAutoregressive ------------------------------------------------------------------

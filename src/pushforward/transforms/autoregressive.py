@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
 
 from ..core import Transform
@@ -18,8 +19,9 @@ class MaskedAutoregressive(Transform):
     r"""Masked autoregressive transform x_i = f(z_i; h_i(x_{<i}, c)) with h given by a MADE.
 
     The inverse (data -> base, density evaluation) is one network pass,
-    z_i = f^{-1}(x_i; h_i(x_{<i}, c)); the forward (base -> data, sampling) takes D passes,
-    each fixing one more feature in the MADE's order. ladj = sum_i log|f'(z_i; h_i)|.
+    z_i = f^{-1}(x_i; h_i(x_{<i}, c)); the forward (base -> data, sampling) fixes one feature
+    after the other in the MADE's order (:meth:`~pushforward.nn.MADE.generate`: D small steps
+    that together cost about one network pass). ladj = sum_i log|f'(z_i; h_i)|.
     With an affine map this is a MAF layer (Papamakarios et al. 2017, eqs. 2-3) and
     ``Inverse`` of it an IAF layer (Kingma et al. 2016, eq. 10); with a rational-quadratic
     spline it is the autoregressive NSF layer (Durkan et al. 2019).
@@ -43,10 +45,15 @@ class MaskedAutoregressive(Transform):
         self.made = MADE(features, elementwise_map.params, context_features, hidden_features, order, activation)
 
     def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        x = z
-        for _ in range(self.made.features):
-            x, ladj = self.map.forward(z, self.made(x, context))
-        return x, ladj.sum(-1)
+        ladj = []
+
+        def step(i: int, params: Tensor) -> Tensor:
+            x_i, ladj_i = self.map.forward(z[..., i : i + 1], params.unsqueeze(-2))
+            ladj.append(ladj_i)
+            return x_i.squeeze(-1)
+
+        x = self.made.generate(step, z, context)
+        return x, torch.cat(ladj, -1).sum(-1)
 
     def inverse(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         z, ladj = self.map.inverse(x, self.made(x, context))
