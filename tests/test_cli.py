@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from pushforward.cli import main
@@ -174,3 +175,34 @@ def test_a_constant_column_still_gives_metrics_without_the_gaussian(tmp_path):
     result = run("fit", "--data", tmp_path / "const.npy", *TINY, "--out", tmp_path / "run", "--json")
     assert np.isfinite(json.loads(result.output.strip().splitlines()[-1])["log_likelihood_nats"])
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["gaussian_baseline"] is None
+
+
+def test_evaluate_sample_and_vi_run_on_the_chosen_device(moons_run, tmp_path, device):
+    """`--device` of the test run (pytest --device cuda, or cpu): same metrics, samples back on the CPU."""
+    on_device = json.loads(run("evaluate", moons_run, "--json", "--device", device).output.strip().splitlines()[-1])
+    saved = json.loads((moons_run / "metrics.json").read_text())
+    assert on_device["log_likelihood_nats"] == pytest.approx(saved["log_likelihood_nats"], rel=1e-5)
+    run("sample", moons_run, "-n", 10, "-o", tmp_path / "s.npy", "--device", device)
+    assert np.load(tmp_path / "s.npy").shape == (10, 2)
+    gauss = tmp_path / "gauss3.py"
+    gauss.write_text("def log_p(z):\n    return -0.5 * z.square().sum(-1)\n")
+    result = run("vi", "--target", f"{gauss}:log_p", "--dim", "3", "--flow", "iaf", "--transforms", "1",
+                 "--hidden-features", "8", "--steps", "5", "--log-z-samples", "200", "--quiet", "--json",
+                 "--device", device, "--out", tmp_path / "vi")
+    assert np.isfinite(json.loads(result.output.strip().splitlines()[-1])["log_z"])
+
+
+def test_a_device_this_machine_lacks_is_a_one_line_error(moons_run, tmp_path):
+    lacking = [(name, label) for name, label, present in (("cuda", "CUDA", torch.cuda.is_available()),
+                                                          ("mps", "MPS", torch.backends.mps.is_available()))
+               if not present]
+    commands = (["evaluate", moons_run], ["sample", moons_run, "-o", tmp_path / "x.npy"],
+                ["fit", "--data", "moons", "--out", tmp_path / "fit"],
+                ["vi", "--target", "u1", "--out", tmp_path / "vi"],
+                ["vae", "--data-dir", tmp_path, "--out", tmp_path / "vae"])
+    for name, label in lacking:
+        for command in commands:
+            assert f"--device {name}: {label} is not available on this machine" in bad(*command, "--device", name)
+    assert "unknown device" in bad("evaluate", moons_run, "--device", "nonsense")
+    assert not (tmp_path / "x.npy").exists() and not (tmp_path / "fit").exists() and not (tmp_path / "vi").exists()
+    assert not (tmp_path / "vae").exists()

@@ -1,8 +1,8 @@
 r"""The ``pushforward`` command: fit, evaluate and sample normalizing flows on data sets or files.
 
-    pushforward fit [--data digits] [--flow maf] --out DIR
-    pushforward evaluate DIR [--split test] [--json]
-    pushforward sample DIR -n 64 -o samples.png
+    pushforward fit [--data digits] [--flow maf] --out DIR [--nproc N]
+    pushforward evaluate DIR [--split test] [--json] [--device cuda]
+    pushforward sample DIR -n 64 -o samples.png [--device cuda]
 
 Bad input (unknown names, missing or broken files, NaN/inf, wrong number of columns, a
 corrupted run folder) ends with a one-line ``error: ...`` and exit status 1, before anything
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from . import data as datasets
+from . import distributed
 from .experiment import (CHECKPOINT, CONFIG, METRICS, build_flow, gaussian_baseline, load_run, measure,
                          save_run, standardisation, write_json)
 from .flows import PRESETS, preset_options
@@ -52,6 +53,30 @@ def _hidden(text: str) -> tuple[int, ...]:
     if not sizes or min(sizes) < 1:
         raise click.BadParameter(f"expected positive sizes like 512,512, got {text!r}")
     return sizes
+
+
+def _torch_device(name: str) -> torch.device:
+    """``--device NAME`` as a torch.device, or a one-line error if this machine has no such device.
+
+    Raises:
+        click.ClickException: for an unknown device name, or CUDA/MPS (or a CUDA index) that this
+            machine lacks.
+    """
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise click.ClickException(f"--device {name}: unknown device; use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise click.ClickException(f"--device {name}: CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise click.ClickException(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise click.ClickException(f"--device {name}: MPS is not available on this machine")
+    elif device.type != "cpu":
+        raise click.ClickException(f"--device {name}: unsupported device; use cpu, cuda or mps")
+    return device
 
 
 def _preset_kwargs(flow: str, options: dict) -> dict:
@@ -159,7 +184,12 @@ def main():
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the data split, the weights and the batches.")
 @click.option("--float64", is_flag=True, help="Train in float64 instead of float32.")
 @click.option("--device", default="cpu", show_default=True, help="Torch device: cpu, cuda, mps.")
-@click.option("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice).")
+@click.option("--threads", type=int, default=None,
+              help="torch.set_num_threads (default: torch's choice; 1 per process with --nproc or torchrun).")
+@click.option("--nproc", type=int, default=1, show_default=True,
+              help="Train data-parallel on this many processes of this machine (DistributedDataParallel: gloo on "
+                   "cpu, NCCL on cuda with a GPU each); --batch-size stays the global mini-batch, so each process "
+                   "takes batch-size / nproc examples. Under torchrun, leave it out.")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Run folder to write (default: runs/DATA-FLOW, numbered if it exists).")
 @click.option("--overwrite", is_flag=True, help="Replace a run already in --out.")
@@ -171,7 +201,7 @@ def main():
 @_one_line_errors
 def fit(data, data_dir, test_file, flow_name, transforms, hidden_features, bins, autoregressive, normalization,
         epochs, batch_size, lr, weight_decay, schedule, clip_grad, patience, max_minutes, seed, float64, device,
-        threads, out, overwrite, resume, as_json, quiet):
+        threads, nproc, out, overwrite, resume, as_json, quiet):
     """Train a flow by maximum likelihood and write a run folder.
 
     The folder holds config.json (rebuilds the model), model.pt (the best-validation weights,
@@ -179,7 +209,19 @@ def fit(data, data_dir, test_file, flow_name, transforms, hidden_features, bins,
     log-likelihood in nats with its standard error, and bits/dim for image data),
     learning_curve.png, density.png (2-D data) and samples.png (image data). Ctrl-C saves a
     checkpoint; continue with --resume DIR.
+
+    With --nproc N (or under ``torchrun --nproc-per-node N -m pushforward.cli fit ...``) N
+    processes train one model with DistributedDataParallel and give the same result as one
+    process, up to rounding (see pushforward.fit); process 0 writes the run folder.
     """
+    if nproc < 1:
+        raise click.BadParameter(f"needs at least 1 process, got {nproc}", param_hint="--nproc")
+    device = _torch_device(device)
+    if nproc > 1 and distributed.environment_world_size() > 1:
+        raise click.UsageError("torchrun starts the processes already: leave --nproc out")
+    world = max(nproc, distributed.environment_world_size())
+    if world > 1:
+        distributed.backend_for(device)
     if threads:
         torch.set_num_threads(threads)
     if resume:
@@ -206,32 +248,64 @@ def fit(data, data_dir, test_file, flow_name, transforms, hidden_features, bins,
                       "patience": patience, "max_minutes": max_minutes, "seed": seed,
                       "dtype": "float64" if float64 else "float32"},
         }
+    batch = config["train"]["batch_size"]
+    if batch < 1 or batch % world:
+        raise click.BadParameter(f"{batch} must be a positive multiple of the number of processes, {world} "
+                                 f"(each process takes batch-size / {world} examples of every mini-batch)",
+                                 param_hint="--batch-size")
+    job = {"out": str(out), "config": config, "resume": bool(resume), "device": str(device), "as_json": as_json,
+           "quiet": quiet, "processes": world}
+    if nproc > 1:
+        try:
+            stopped = distributed.launch(_fit_job, nproc, (job,), device=device, threads=threads)
+        except KeyboardInterrupt:  # process 0 has saved the checkpoint and said so
+            stopped = "interrupted"
+    else:
+        started = distributed.init_from_environment(device, threads)
+        try:
+            stopped = _fit_job(job)
+        finally:
+            if started:
+                torch.distributed.destroy_process_group()
+    if stopped == "interrupted":
+        sys.exit(130)
+
+
+def _fit_job(job: dict) -> str:
+    """Train the run that ``fit`` prepared, in one process or in each process of a data-parallel
+    group; process 0 writes the run folder and prints. Returns why training stopped."""
+    # Every process has checked the run folder (under torchrun) before process 0 writes into it.
+    distributed.barrier()
+    lead = distributed.rank() == 0
+    out, config, resume, as_json = Path(job["out"]), job["config"], job["resume"], job["as_json"]
     dataset = _load_data(config["data"])
-    if not as_json:
+    if lead and not as_json:
         click.echo(f"data: {dataset!r}", err=True)
     if not resume:
         torch.manual_seed(config["train"]["seed"])
         config["features"] = dataset.features
         config["data"].update(space=dataset.space, levels=dataset.levels, image_shape=dataset.image_shape)
-        flow = build_flow(flow_name, dataset.features, config["flow_kwargs"], *standardisation(dataset.train))
-        save_run(out, flow, config)
+        flow = build_flow(config["flow"], dataset.features, config["flow_kwargs"], *standardisation(dataset.train))
+        if lead:
+            save_run(out, flow, config)
     else:
         flow, _ = load_run(out, weights=CHECKPOINT)
     tc = config["train"]
     result = fit_flow(flow, dataset.train, dataset.valid, epochs=tc["epochs"], batch_size=tc["batch_size"],
                       lr=tc["lr"], weight_decay=tc["weight_decay"], schedule=tc["schedule"],
                       clip_grad=tc["clip_grad"], patience=tc["patience"], max_minutes=tc["max_minutes"],
-                      seed=tc["seed"], dtype=getattr(torch, tc["dtype"]), device=device, progress=not quiet,
-                      verbose=not as_json,
-                      checkpoint=out / CHECKPOINT, resume=bool(resume))
+                      seed=tc["seed"], dtype=getattr(torch, tc["dtype"]), device=job["device"],
+                      progress=not job["quiet"], verbose=not as_json, checkpoint=out / CHECKPOINT, resume=resume)
+    if not lead:
+        return result.stopped
     if result.stopped == "interrupted":
         click.echo(f"interrupted: checkpoint saved; continue with: pushforward fit --resume {out}", err=True)
-        sys.exit(130)
+        return result.stopped
     flow.cpu().float()
     save_run(out, flow, config)
     metrics = _metrics(flow, dataset, "test", result.seconds, out)
     metrics.update(best_epoch=result.best_epoch, best_valid_log_likelihood_nats=result.best_valid,
-                   stopped=result.stopped, history=result.history,
+                   stopped=result.stopped, processes=job["processes"], history=result.history,
                    gaussian_baseline=_gaussian_metrics(dataset))
     write_json(metrics, out / METRICS)
     _plots(out, flow, dataset, result.history)
@@ -246,6 +320,7 @@ def fit(data, data_dir, test_file, flow_name, transforms, hidden_features, bins,
                        f"± {g['stderr_nats']:.4f} nats" + (f"; {g['bits_per_dim']:.4f} bits/dim" if g["bits_per_dim"] else ""))
     if not as_json:
         click.echo(f"wrote {out}/ (model.pt, config.json, metrics.json, PNGs)")
+    return result.stopped
 
 
 @main.command()
@@ -255,16 +330,19 @@ def fit(data, data_dir, test_file, flow_name, transforms, hidden_features, bins,
 @click.option("--split", type=click.Choice(["train", "valid", "test"]), default="test", show_default=True,
               help="Which split to evaluate.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as one JSON line.")
+@click.option("--device", default="cpu", show_default=True, help="Torch device to evaluate on: cpu, cuda, mps.")
 @_one_line_errors
-def evaluate(run, data, data_dir, split, as_json):
+def evaluate(run, data, data_dir, split, as_json, device):
     """Mean log-likelihood of a split in nats with its standard error (and bits/dim for images).
 
     Nats are in the data set's reference space (logit space for mnist, as MAF reports; the
     normalised space for the MAF tabular sets; the data space otherwise); bits/dim in the
     [0, levels)^D space of dequantised image data.
     """
+    device = _torch_device(device)
     start = time.perf_counter()
     flow, config = load_run(run)
+    flow.to(device)
     spec = dict(config["data"])
     if data is not None:
         spec.update(name=data, data_dir=data_dir, test_path=None)
@@ -283,15 +361,19 @@ def evaluate(run, data, data_dir, split, as_json):
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 @click.option("--reference-space", is_flag=True,
               help="Write samples in the reference space (e.g. logits for mnist) instead of the data space.")
+@click.option("--device", default="cpu", show_default=True,
+              help="Torch device to sample on: cpu, cuda, mps (one seed gives different samples on each).")
 @_one_line_errors
-def sample(run, count, output, seed, reference_space):
+def sample(run, count, output, seed, reference_space, device):
     """Draw N samples from a trained flow and write them to a file."""
     suffix = Path(output).suffix.lower()
     if suffix not in (".npy", ".csv", ".png"):
         raise click.ClickException(f"unknown output type {suffix!r}: use .npy, .csv or .png")
+    device = _torch_device(device)
     flow, config = load_run(run)
+    flow.to(device)
     torch.manual_seed(seed)
-    x = flow.sample((count,))
+    x = flow.sample((count,)).cpu()
     meta = config["data"]
     if not reference_space and meta.get("space", "data") != "data":
         x = _data_space(x, _load_data(meta))

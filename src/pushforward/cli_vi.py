@@ -106,9 +106,10 @@ def vi(target_spec, dim, flow_name, transforms, hidden_features, bins, autoregre
     sample size, and the reference log Z where it is known), elbo.png, and for 2-D targets
     density.png: the target beside q's density and q's samples.
     """
-    from .cli import _hidden, _preset_kwargs
+    from .cli import _hidden, _preset_kwargs, _torch_device
     from .vi import estimate_log_z, fit_vi
 
+    device = _torch_device(device)
     if threads:
         torch.set_num_threads(threads)
     target = get_target(target_spec, dim)
@@ -282,8 +283,9 @@ def vae(posterior, data_dir, latent, hidden_features, context_features, transfor
     samples).
     """
     from . import vae as vae_lib
-    from .cli import _hidden
+    from .cli import _hidden, _torch_device
 
+    device = _torch_device(device)
     if threads:
         torch.set_num_threads(threads)
     out = _fresh_out(out, f"vae-{posterior}", overwrite)

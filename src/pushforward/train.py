@@ -2,7 +2,9 @@ r"""Fitting a flow by maximum likelihood, and evaluating it.
 
 :func:`fit` minimises the negative mean log-likelihood (nats per example) with Adam on
 mini-batches, keeps the weights of the best validation log-likelihood, stops early, respects
-a wall-clock budget, writes atomic checkpoints and resumes from them.
+a wall-clock budget, writes atomic checkpoints and resumes from them. Inside a
+torch.distributed process group of several processes (:mod:`pushforward.distributed`) it trains
+data-parallel with DistributedDataParallel, with the same result as one process.
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from . import distributed
 from .core import Flow
 
 __all__ = ["fit", "FitResult", "log_likelihoods", "evaluate", "Evaluation", "save_atomic"]
@@ -90,6 +94,39 @@ def evaluate(flow: Flow, data: Data, batch_size: int = 1000) -> Evaluation:
     return Evaluation.of(log_likelihoods(flow, data, batch_size))
 
 
+class _LogLikelihoodSum(nn.Module):
+    """Sum of log p(x) over a batch: the module that DistributedDataParallel wraps, so that its
+    forward pass, which DDP needs to see, is the flow's ``log_prob``."""
+
+    def __init__(self, flow: Flow):
+        super().__init__()
+        self.flow = flow
+
+    def forward(self, x: Tensor, context: Tensor | None) -> Tensor:
+        return self.flow.log_prob(x, context).sum()
+
+
+def _agree(log_p: Tensor, over: bool, device: torch.device) -> tuple[float, bool]:
+    """The mini-batch's summed log-likelihood and whether the time budget is spent, the same on
+    every process: one all-reduce of the shards' sums and of process 0's clock reading."""
+    if not distributed.is_distributed():
+        return log_p.item(), over
+    shared = torch.tensor([log_p.item(), float(over and distributed.rank() == 0)], dtype=torch.float64, device=device)
+    total, over = distributed.all_reduce_sum(shared).tolist()
+    return total, bool(over)
+
+
+def _mean_log_likelihood(flow: Flow, data: Data, device: torch.device) -> float:
+    """Mean log-likelihood (nats) of ``data``; in a process group each process evaluates its
+    shard and the sums are all-reduced, so that every process gets the same number."""
+    x, context = _split(data)
+    part = distributed.shard(x) if context is None else (distributed.shard(x), distributed.shard(context))
+    ll = log_likelihoods(flow, part)
+    sums = torch.tensor([ll.double().sum().item(), len(ll)], dtype=torch.float64, device=device)
+    total, count = distributed.all_reduce_sum(sums).tolist()
+    return total / count
+
+
 @dataclass
 class FitResult:
     """What :func:`fit` did: the per-epoch ``history`` (train loss and validation
@@ -131,6 +168,19 @@ def fit(
     Ctrl-C saves a checkpoint (when ``checkpoint`` is given) and returns with
     ``stopped="interrupted"``; ``resume=True`` continues from that checkpoint.
 
+    Data-parallel training: called in every process of a torch.distributed process group of N
+    processes (e.g. by :func:`pushforward.distributed.launch` or ``torchrun``), with the same
+    arguments and data, ``fit`` wraps the flow in DistributedDataParallel. Every mini-batch of
+    ``batch_size`` examples is split into N shards of ``batch_size / N`` (the last, shorter
+    batch into nearly equal ones), one per process; the loss is scaled so that DDP's averaged
+    gradient is that of the mean over the whole mini-batch, and BatchNorm/ActNorm use the
+    moments of the whole mini-batch (:mod:`pushforward.transforms.normalization`), so the
+    result equals one process's up to floating-point rounding. The validation log-likelihood is
+    computed on shards and all-reduced, and process 0's clock decides the time budget, so that
+    every process takes the same decisions. Only process 0 writes ``checkpoint`` and shows
+    progress; every process reads it on ``resume``. Each process trains on ``device``, except
+    that on CUDA process r uses its own GPU (:func:`pushforward.distributed.local_device`).
+
     Shapes: train, valid: x (N, *event) or a pair (x, context (N, context_features)).
 
     Args:
@@ -151,7 +201,8 @@ def fit(
         resume: continue from ``checkpoint`` (model, optimiser, schedule, history, best weights).
 
     Raises:
-        ValueError: for an unknown ``schedule``, empty data, or a loss that becomes NaN/inf.
+        ValueError: for an unknown ``schedule``, empty training or validation data, a loss that
+            becomes NaN/inf, or a ``batch_size`` that the number of processes does not divide.
         FileNotFoundError: if ``resume`` is set and the checkpoint does not exist.
     """
     if schedule not in (None, "cosine"):
@@ -159,6 +210,13 @@ def fit(
     x_train, c_train = _split(train)
     if len(x_train) == 0:
         raise ValueError("the training data are empty")
+    if valid is not None and len(_split(valid)[0]) == 0:
+        raise ValueError("the validation data are empty; pass valid=None to select by the training loss")
+    world, lead = distributed.world_size(), distributed.rank() == 0
+    if batch_size < 1 or batch_size % world:
+        raise ValueError(f"the batch size {batch_size} must be a positive multiple of the {world} processes "
+                         f"(each process takes batch_size / {world} examples of every mini-batch)")
+    device = distributed.local_device(device)
     flow.to(device=device, dtype=dtype)
     # The fused Adam step is about 20 % faster per MAF step on CPU (benchmarks/RESULTS.md).
     optimizer = torch.optim.Adam(flow.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
@@ -175,8 +233,13 @@ def fit(
         best_state, start_epoch = state["best_model"], state["epoch"]
         result.history, result.best_epoch, result.best_valid = state["history"], state["best_epoch"], state["best_valid"]
 
+    # Built after a resume has loaded the weights; DDP broadcasts process 0's state to the others.
+    model = _LogLikelihoodSum(flow)
+    if world > 1:
+        model = DistributedDataParallel(model)
+
     def save() -> None:
-        if checkpoint is not None:
+        if checkpoint is not None and lead:
             save_atomic({
                 "model": flow.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler else None, "best_model": best_state,
@@ -193,31 +256,37 @@ def fit(
             order = torch.randperm(len(x_train), generator=g)
             flow.train()
             total, count = 0.0, 0
-            bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
+            bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{epochs}", disable=not (progress and lead), leave=False)
             for i in bar:
                 idx = order[i * batch_size : (i + 1) * batch_size]
-                x = x_train[idx].to(device, dtype)
-                c = None if c_train is None else c_train[idx].to(device, dtype)
-                loss = -flow.log_prob(x, c).mean()
-                if not torch.isfinite(loss):
-                    raise ValueError(f"the loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; "
+                mine = distributed.shard(idx)
+                x = x_train[mine].to(device, dtype)
+                c = None if c_train is None else c_train[mine].to(device, dtype)
+                log_p = model(x, c)
+                # DDP averages the processes' gradients: scaled by world / len(idx), that average
+                # is the gradient of the mean over the whole mini-batch, shards of any size.
+                loss = -log_p * (world / len(idx))
+                total_log_p, over = _agree(log_p, deadline is not None and time.perf_counter() > deadline, device)
+                step_loss = -total_log_p / len(idx)
+                if not math.isfinite(step_loss):
+                    raise ValueError(f"the loss became {step_loss} at epoch {epoch + 1}, step {i + 1}; "
                                      "try a smaller learning rate or gradient clipping")
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if clip_grad is not None:
                     torch.nn.utils.clip_grad_norm_(flow.parameters(), clip_grad)
                 optimizer.step()
-                total, count = total + loss.item() * len(idx), count + len(idx)
+                total, count = total + step_loss * len(idx), count + len(idx)
                 bar.set_postfix(loss=f"{total / count:.3f}")
-                if deadline is not None and time.perf_counter() > deadline:
+                if over:
                     result.stopped = "time budget"
                     break
             if scheduler is not None:
                 scheduler.step()
-            score = evaluate(flow, valid).mean if valid is not None else -total / count
+            score = _mean_log_likelihood(flow, valid, device) if valid is not None else -total / count
             result.history.append({"epoch": epoch + 1, "train_loss": total / count, "valid_log_likelihood": score,
                                    "seconds": time.perf_counter() - start})
-            if verbose:
+            if verbose and lead:
                 tqdm.write(f"epoch {epoch + 1}: train loss {total / count:.4f}, valid log-likelihood {score:.4f}", file=sys.stderr)
             if score > result.best_valid:
                 result.best_epoch, result.best_valid = epoch + 1, score
@@ -235,6 +304,8 @@ def fit(
         result.stopped = "interrupted"
         result.seconds = time.perf_counter() - start
         return result
+    # Process 0's last checkpoint is on disk before any process returns (and may resume from it).
+    distributed.barrier()
     flow.load_state_dict(best_state)
     flow.eval()
     result.seconds = time.perf_counter() - start

@@ -6,13 +6,34 @@ import torch
 from torch import Tensor, nn
 
 from ..core import Transform
+from ..distributed import all_reduce_sum, is_distributed
 
 __all__ = ["ActNorm", "BatchNorm"]
 
 
-def _batch_moments(x: Tensor) -> tuple[Tensor, Tensor]:
+def _batch_moments(x: Tensor) -> tuple[Tensor, Tensor] | None:
+    """Per-feature mean and biased variance of ``x`` over its batch dimensions, or None when
+    the batch has fewer than two rows.
+
+    Inside a torch.distributed process group of several processes (data-parallel training),
+    the moments are those of the global batch: the rows of every process, exactly, through
+    differentiable all-reduces (as torch.nn.SyncBatchNorm does), so that training on N
+    processes computes what one process computes on the whole batch. Every process must then
+    call this in the same order.
+
+    Shapes: x (*batch, features); mean, var (features,).
+    """
     flat = x.reshape(-1, x.shape[-1])
-    return flat.mean(0), flat.var(0, unbiased=False)
+    if not is_distributed():
+        return (flat.mean(0), flat.var(0, unbiased=False)) if len(flat) > 1 else None
+    count = torch.full((1,), len(flat), dtype=flat.dtype, device=flat.device)
+    sums = all_reduce_sum(torch.cat([flat.sum(0), count]), differentiable=True)
+    n = int(sums[-1])
+    if n < 2:
+        return None
+    mean = sums[:-1] / n
+    # Two passes (mean, then squared deviations) as in the one-process variance, for accuracy.
+    return mean, all_reduce_sum(((flat - mean) ** 2).sum(0), differentiable=True) / n
 
 
 class ActNorm(Transform):
@@ -20,7 +41,8 @@ class ActNorm(Transform):
 
     At the first ``inverse`` call in training mode, t and s are set to the mean and log
     standard deviation of that batch, so that the normalised data start with zero mean and
-    unit variance. ladj = sum_i s_i.
+    unit variance. ladj = sum_i s_i. In data-parallel training the batch is the global one,
+    gathered from every process, so all processes start from the same parameters.
 
     Shapes: z, x (*batch, features); ladj (*batch,).
 
@@ -40,12 +62,13 @@ class ActNorm(Transform):
         return z * torch.exp(self.log_scale) + self.shift, ladj
 
     def inverse(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        if self.training and not bool(self.initialized) and x[..., 0].numel() > 1:
+        if self.training and not bool(self.initialized):
             with torch.no_grad():
-                mean, var = _batch_moments(x)
-                self.shift.copy_(mean)
-                self.log_scale.copy_(0.5 * torch.log(var + self.eps))
-                self.initialized.fill_(True)
+                moments = _batch_moments(x)
+                if moments is not None:
+                    self.shift.copy_(moments[0])
+                    self.log_scale.copy_(0.5 * torch.log(moments[1] + self.eps))
+                    self.initialized.fill_(True)
         ladj = (-self.log_scale.sum()).expand(x.shape[:-1])
         return (x - self.shift) * torch.exp(-self.log_scale), ladj
 
@@ -56,6 +79,12 @@ class BatchNorm(Transform):
     z = (x - m) / sqrt(v + eps) * exp(gamma) + beta, with (m, v) the batch mean and variance
     in training mode (updating running averages) and the running averages in evaluation mode
     and for sampling (forward). ladj of the inverse = sum_i gamma_i - 1/2 log(v_i + eps).
+
+    In data-parallel training (a torch.distributed process group of several processes) the
+    batch moments are those of the global batch, all-reduced over the processes with gradients
+    (like torch.nn.SyncBatchNorm), so N processes train exactly as one process on the whole
+    batch; every process must then run the layer in training mode in step (evaluation mode
+    needs no communication).
 
     Shapes: z, x (*batch, features); ladj (*batch,).
 
@@ -85,8 +114,9 @@ class BatchNorm(Transform):
         return x, -self._ladj(var, z)
 
     def inverse(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        if self.training and x[..., 0].numel() > 1:
-            mean, var = _batch_moments(x)
+        moments = _batch_moments(x) if self.training else None
+        if moments is not None:
+            mean, var = moments
             with torch.no_grad():
                 self.running_mean.lerp_(mean, self.momentum)
                 self.running_var.lerp_(var, self.momentum)
