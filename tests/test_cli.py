@@ -168,6 +168,23 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues(tmp_path):
     assert os.path.getsize(out / "model.pt") > 0
 
 
+class _CtrlCWhilePickled:
+    """Sends this process a SIGINT while torch.save pickles it (a Ctrl-C during a checkpoint)."""
+
+    def __reduce__(self):
+        os.kill(os.getpid(), signal.SIGINT)
+        return int, (7,)
+
+
+def test_ctrl_c_during_a_checkpoint_write_is_raised_after_the_file_is_in_place(tmp_path):
+    from pushforward.train import save_atomic
+
+    with pytest.raises(KeyboardInterrupt):
+        save_atomic({"x": _CtrlCWhilePickled()}, tmp_path / "checkpoint.pt")
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=False) == {"x": 7}
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
 def test_a_constant_column_still_gives_metrics_without_the_gaussian(tmp_path):
     rng = np.random.default_rng(0)
     data = np.column_stack([rng.normal(size=200), rng.normal(size=200), np.ones(200)])

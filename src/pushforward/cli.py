@@ -11,7 +11,6 @@ in an existing run folder is changed.
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
 import time
@@ -26,69 +25,12 @@ from . import data as datasets
 from . import distributed
 from .experiment import (CHECKPOINT, CONFIG, METRICS, build_flow, gaussian_baseline, load_run, measure,
                          save_run, standardisation, write_json)
-from .flows import PRESETS, preset_options
+from .cli_common import fresh_out, hidden_sizes, one_line_errors, preset_kwargs, run_options, torch_device
+from .flows import PRESETS
+from .cli_vi import vae, vi
 from .train import fit as fit_flow
 
 __all__ = ["main"]
-
-
-def _one_line_errors(command):
-    """Turn the library's documented errors into ``error: ...`` and exit status 1."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except (ValueError, FileNotFoundError, IsADirectoryError, PermissionError, ImportError) as e:
-            raise click.ClickException(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
-
-    return wrapper
-
-
-def _hidden(text: str) -> tuple[int, ...]:
-    try:
-        sizes = tuple(int(s) for s in text.replace("x", ",").split(",") if s.strip())
-    except ValueError:
-        raise click.BadParameter(f"expected sizes like 512,512, got {text!r}") from None
-    if not sizes or min(sizes) < 1:
-        raise click.BadParameter(f"expected positive sizes like 512,512, got {text!r}")
-    return sizes
-
-
-def _torch_device(name: str) -> torch.device:
-    """``--device NAME`` as a torch.device, or a one-line error if this machine has no such device.
-
-    Raises:
-        click.ClickException: for an unknown device name, or CUDA/MPS (or a CUDA index) that this
-            machine lacks.
-    """
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise click.ClickException(f"--device {name}: unknown device; use cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise click.ClickException(f"--device {name}: CUDA is not available on this machine")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise click.ClickException(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    elif device.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise click.ClickException(f"--device {name}: MPS is not available on this machine")
-    elif device.type != "cpu":
-        raise click.ClickException(f"--device {name}: unsupported device; use cpu, cuda or mps")
-    return device
-
-
-def _preset_kwargs(flow: str, options: dict) -> dict:
-    """The options that the preset's signature takes; an option set on the command line that it
-    does not take is an error."""
-    accepted = preset_options(flow)
-    ctx = click.get_current_context()
-    for name, value in options.items():
-        given = ctx.get_parameter_source(name).name != "DEFAULT"
-        if name not in accepted and given:
-            raise click.UsageError(f"--{name.replace('_', '-')} does not apply to --flow {flow}")
-    return {k: v for k, v in options.items() if k in accepted and v is not None}
 
 
 def _load_data(spec: dict) -> datasets.DataSet:
@@ -119,15 +61,6 @@ def _gaussian_metrics(dataset) -> dict | None:
         return asdict(measure(gaussian_baseline(dataset.train), dataset, "test"))
     except ValueError:
         return None
-
-
-def _default_out(data: str, flow: str) -> Path:
-    stem = Path("runs") / f"{Path(data).stem}-{flow}"
-    out, i = stem, 1
-    while out.exists():
-        i += 1
-        out = stem.with_name(f"{stem.name}-{i}")
-    return out
 
 
 def _plots(out: Path, flow, dataset, history: list[dict]) -> None:
@@ -183,22 +116,16 @@ def main():
 @click.option("--max-minutes", type=float, default=None, help="Wall-clock budget for training, in minutes.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the data split, the weights and the batches.")
 @click.option("--float64", is_flag=True, help="Train in float64 instead of float32.")
-@click.option("--device", default="cpu", show_default=True, help="Torch device: cpu, cuda, mps.")
-@click.option("--threads", type=int, default=None,
-              help="torch.set_num_threads (default: torch's choice; 1 per process with --nproc or torchrun).")
+@run_options("runs/DATA-FLOW", json_help="Print the test metrics as one JSON line.",
+             threads_help="torch.set_num_threads (default: torch's choice; 1 per process with --nproc or torchrun).")
 @click.option("--nproc", type=int, default=1, show_default=True,
               help="Train data-parallel on this many processes of this machine (DistributedDataParallel: gloo on "
                    "cpu, NCCL on cuda with a GPU each); --batch-size stays the global mini-batch, so each process "
                    "takes batch-size / nproc examples. Under torchrun, leave it out.")
-@click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Run folder to write (default: runs/DATA-FLOW, numbered if it exists).")
-@click.option("--overwrite", is_flag=True, help="Replace a run already in --out.")
 @click.option("--resume", type=click.Path(file_okay=False), default=None,
               help="Continue the interrupted or finished run in this folder (its settings are reused; "
                    "--epochs and --max-minutes may be changed).")
-@click.option("--json", "as_json", is_flag=True, help="Print the test metrics as one JSON line.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-@_one_line_errors
+@one_line_errors
 def fit(data, data_dir, test_file, flow_name, transforms, hidden_features, bins, autoregressive, normalization,
         epochs, batch_size, lr, weight_decay, schedule, clip_grad, patience, max_minutes, seed, float64, device,
         threads, nproc, out, overwrite, resume, as_json, quiet):
@@ -216,7 +143,7 @@ def fit(data, data_dir, test_file, flow_name, transforms, hidden_features, bins,
     """
     if nproc < 1:
         raise click.BadParameter(f"needs at least 1 process, got {nproc}", param_hint="--nproc")
-    device = _torch_device(device)
+    device = torch_device(device)
     if nproc > 1 and distributed.environment_world_size() > 1:
         raise click.UsageError("torchrun starts the processes already: leave --nproc out")
     world = max(nproc, distributed.environment_world_size())
@@ -233,12 +160,10 @@ def fit(data, data_dir, test_file, flow_name, transforms, hidden_features, bins,
         train_cfg.update({k: v for k, v in (("epochs", epochs), ("max_minutes", max_minutes))
                           if click.get_current_context().get_parameter_source(k).name != "DEFAULT"})
     else:
-        out = Path(out) if out else _default_out(data, flow_name)
-        if (out / CONFIG).exists() and not overwrite:
-            raise click.ClickException(f"'{out}' already holds a run; use --overwrite, --resume or another --out")
-        kwargs = _preset_kwargs(flow_name, {
+        out = fresh_out(out, f"{Path(data).stem}-{flow_name}", overwrite, hint=", --resume")
+        kwargs = preset_kwargs(flow_name, {
             "transforms": transforms, "normalization": None if normalization == "none" else normalization,
-            "hidden_features": _hidden(hidden_features) if hidden_features else None, "bins": bins,
+            "hidden_features": hidden_sizes(hidden_features) if hidden_features else None, "bins": bins,
             "autoregressive": autoregressive})
         config = {
             "flow": flow_name, "flow_kwargs": kwargs,
@@ -331,7 +256,7 @@ def _fit_job(job: dict) -> str:
               help="Which split to evaluate.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as one JSON line.")
 @click.option("--device", default="cpu", show_default=True, help="Torch device to evaluate on: cpu, cuda, mps.")
-@_one_line_errors
+@one_line_errors
 def evaluate(run, data, data_dir, split, as_json, device):
     """Mean log-likelihood of a split in nats with its standard error (and bits/dim for images).
 
@@ -339,7 +264,7 @@ def evaluate(run, data, data_dir, split, as_json, device):
     normalised space for the MAF tabular sets; the data space otherwise); bits/dim in the
     [0, levels)^D space of dequantised image data.
     """
-    device = _torch_device(device)
+    device = torch_device(device)
     start = time.perf_counter()
     flow, config = load_run(run)
     flow.to(device)
@@ -363,13 +288,13 @@ def evaluate(run, data, data_dir, split, as_json, device):
               help="Write samples in the reference space (e.g. logits for mnist) instead of the data space.")
 @click.option("--device", default="cpu", show_default=True,
               help="Torch device to sample on: cpu, cuda, mps (one seed gives different samples on each).")
-@_one_line_errors
+@one_line_errors
 def sample(run, count, output, seed, reference_space, device):
     """Draw N samples from a trained flow and write them to a file."""
     suffix = Path(output).suffix.lower()
     if suffix not in (".npy", ".csv", ".png"):
         raise click.ClickException(f"unknown output type {suffix!r}: use .npy, .csv or .png")
-    device = _torch_device(device)
+    device = torch_device(device)
     flow, config = load_run(run)
     flow.to(device)
     torch.manual_seed(seed)
@@ -398,7 +323,7 @@ def _sample_png(x: torch.Tensor, meta: dict, output: str) -> None:
     ax.scatter(x[:, 0].numpy(), x[:, 1 % x.shape[1]].numpy(), s=2)
     fig.savefig(output, dpi=100)
     plt.close(fig)
-from .cli_vi import vae, vi  # noqa: E402  (cli_vi imports this module's helpers lazily)
+
 
 main.add_command(vi)
 main.add_command(vae)

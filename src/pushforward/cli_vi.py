@@ -9,7 +9,6 @@ Both follow ``pushforward fit``: a run folder (config.json, model.pt, metrics.js
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 from dataclasses import asdict
@@ -18,39 +17,13 @@ from pathlib import Path
 import click
 import torch
 
-from .experiment import CONFIG, METRICS, save_run, write_json
+from .cli_common import fresh_out, hidden_sizes, one_line_errors, preset_kwargs, run_options, torch_device
+from .experiment import METRICS, save_run, write_json
 from .flows import PRESETS
 from .targets import TARGETS, Target, get_target, grid_log_z
 from .train import save_atomic
 
 __all__ = ["vi", "vae"]
-
-
-def _one_line_errors(command):
-    """``pushforward.cli``'s one-line errors, imported when the command runs, so that cli.py
-    can import this module (to register its commands) without an import cycle."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        from .cli import _one_line_errors as one_line
-
-        return one_line(command)(*args, **kwargs)
-
-    return wrapper
-
-
-def _fresh_out(out: str | None, default: str, overwrite: bool) -> Path:
-    """``out``, or runs/DEFAULT numbered if it exists; refuses to replace a run without ``overwrite``."""
-    if out is None:
-        stem = out = Path("runs") / default
-        i = 1
-        while out.exists():
-            i += 1
-            out = stem.with_name(f"{stem.name}-{i}")
-    out = Path(out)
-    if (out / CONFIG).exists() and not overwrite:
-        raise click.ClickException(f"'{out}' already holds a run; use --overwrite or another --out")
-    return out
 
 
 def _emit(metrics: dict, as_json: bool, line: str) -> None:
@@ -88,14 +61,8 @@ def _emit(metrics: dict, as_json: bool, line: str) -> None:
               help="Importance samples for the final ELBO and log Z estimates.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the weights and the samples.")
 @click.option("--float64", is_flag=True, help="Fit in float64 instead of float32.")
-@click.option("--device", default="cpu", show_default=True, help="Torch device: cpu, cuda, mps.")
-@click.option("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice).")
-@click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Run folder to write (default: runs/vi-TARGET-FLOW, numbered if it exists).")
-@click.option("--overwrite", is_flag=True, help="Replace a run already in --out.")
-@click.option("--json", "as_json", is_flag=True, help="Print the metrics as one JSON line.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-@_one_line_errors
+@run_options("runs/vi-TARGET-FLOW")
+@one_line_errors
 def vi(target_spec, dim, flow_name, transforms, hidden_features, bins, autoregressive, steps, samples, lr, schedule,
        anneal_steps, beta0, stl, clip_grad, max_minutes, log_z_samples, seed, float64, device, threads, out, overwrite,
        as_json, quiet):
@@ -106,17 +73,16 @@ def vi(target_spec, dim, flow_name, transforms, hidden_features, bins, autoregre
     sample size, and the reference log Z where it is known), elbo.png, and for 2-D targets
     density.png: the target beside q's density and q's samples.
     """
-    from .cli import _hidden, _preset_kwargs, _torch_device
     from .vi import estimate_log_z, fit_vi
 
-    device = _torch_device(device)
+    device = torch_device(device)
     if threads:
         torch.set_num_threads(threads)
     target = get_target(target_spec, dim)
     name = Path(target_spec.rpartition(":")[2] or target_spec).stem
-    out = _fresh_out(out, f"vi-{name}-{flow_name}", overwrite)
-    kwargs = _preset_kwargs(flow_name, {
-        "transforms": transforms, "hidden_features": _hidden(hidden_features) if hidden_features else None,
+    out = fresh_out(out, f"vi-{name}-{flow_name}", overwrite)
+    kwargs = preset_kwargs(flow_name, {
+        "transforms": transforms, "hidden_features": hidden_sizes(hidden_features) if hidden_features else None,
         "bins": bins, "autoregressive": autoregressive})
     dtype = torch.float64 if float64 else torch.float32
     config = {
@@ -264,14 +230,8 @@ def _posterior_names() -> list[str]:
 @click.option("--test-examples", type=click.IntRange(min=1), default=None,
               help="Evaluate on the first N test images only (default: all 10,000).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the weights, batches and binarization.")
-@click.option("--device", default="cpu", show_default=True, help="Torch device: cpu, cuda, mps.")
-@click.option("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice).")
-@click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Run folder to write (default: runs/vae-POSTERIOR, numbered if it exists).")
-@click.option("--overwrite", is_flag=True, help="Replace a run already in --out.")
-@click.option("--json", "as_json", is_flag=True, help="Print the test metrics as one JSON line.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-@_one_line_errors
+@run_options("runs/vae-POSTERIOR", json_help="Print the test metrics as one JSON line.")
+@one_line_errors
 def vae(posterior, data_dir, latent, hidden_features, context_features, transforms, flow_hidden_features, columns,
         reflections, prior, prior_transforms, epochs, batch_size, lr, warmup, patience, clip_grad, max_minutes,
         iw_samples, test_examples, seed, device, threads, out, overwrite, as_json, quiet):
@@ -283,16 +243,15 @@ def vae(posterior, data_dir, latent, hidden_features, context_features, transfor
     samples).
     """
     from . import vae as vae_lib
-    from .cli import _hidden, _torch_device
 
-    device = _torch_device(device)
+    device = torch_device(device)
     if threads:
         torch.set_num_threads(threads)
-    out = _fresh_out(out, f"vae-{posterior}", overwrite)
+    out = fresh_out(out, f"vae-{posterior}", overwrite)
     data = vae_lib.binarized_mnist(data_dir, seed)
     model_kwargs = {"features": data.features, "latent": latent, "posterior": posterior,
-                    "hidden_features": list(_hidden(hidden_features)), "context_features": context_features,
-                    "transforms": transforms, "flow_hidden_features": list(_hidden(flow_hidden_features)),
+                    "hidden_features": list(hidden_sizes(hidden_features)), "context_features": context_features,
+                    "transforms": transforms, "flow_hidden_features": list(hidden_sizes(flow_hidden_features)),
                     "columns": columns, "reflections": reflections,
                     "prior": None if prior == "gaussian" else prior, "prior_transforms": prior_transforms}
     config = {"model": model_kwargs, "data": {"name": "binarized-mnist", "data_dir": data_dir, "seed": seed,

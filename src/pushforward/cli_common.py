@@ -1,0 +1,133 @@
+r"""What the ``pushforward`` sub-commands share: one-line errors, the options of a run
+(device, threads, run folder, JSON, progress), and the parsing of sizes and devices.
+
+``fit`` (:mod:`pushforward.cli`), ``vi`` and ``vae`` (:mod:`pushforward.cli_vi`) all write a run
+folder and take the same run options, declared once here by :func:`run_options`.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import click
+import torch
+
+from .experiment import CONFIG
+from .flows import preset_options
+
+__all__ = ["one_line_errors", "run_options", "fresh_out", "hidden_sizes", "torch_device", "preset_kwargs"]
+
+
+def one_line_errors(command):
+    """Turn the library's documented errors into ``error: ...`` and exit status 1.
+
+    Catches ValueError, FileNotFoundError, IsADirectoryError, PermissionError and ImportError
+    (the errors the library raises for bad input) and re-raises the first line of the message
+    as a click.ClickException.
+    """
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except (ValueError, FileNotFoundError, IsADirectoryError, PermissionError, ImportError) as e:
+            raise click.ClickException(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+
+    return wrapper
+
+
+def run_options(default_out: str, threads_help: str = "torch.set_num_threads (default: torch's choice).",
+                json_help: str = "Print the metrics as one JSON line."):
+    """Decorator adding the options of a command that writes a run folder: ``--device``,
+    ``--threads``, ``--out`` (default described by ``default_out``, e.g. "runs/DATA-FLOW"),
+    ``--overwrite``, ``--json`` (parameter ``as_json``) and ``--quiet``."""
+    options = [
+        click.option("--device", default="cpu", show_default=True, help="Torch device: cpu, cuda, cuda:N, mps."),
+        click.option("--threads", type=int, default=None, help=threads_help),
+        click.option("--out", type=click.Path(file_okay=False), default=None,
+                     help=f"Run folder to write (default: {default_out}, numbered if it exists)."),
+        click.option("--overwrite", is_flag=True, help="Replace a run already in --out."),
+        click.option("--json", "as_json", is_flag=True, help=json_help),
+        click.option("--quiet", is_flag=True, help="No progress bar."),
+    ]
+
+    def decorate(command):
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+def fresh_out(out: str | Path | None, default: str, overwrite: bool, hint: str = "") -> Path:
+    """The run folder: ``out``, or runs/DEFAULT (runs/DEFAULT-2, -3, ... if it exists).
+
+    Raises:
+        click.ClickException: if ``out`` already holds a run (a config.json) and not
+            ``overwrite``; ``hint`` names other ways out (e.g. ", --resume").
+    """
+    if out is None:
+        stem = out = Path("runs") / default
+        i = 1
+        while out.exists():
+            i += 1
+            out = stem.with_name(f"{stem.name}-{i}")
+    out = Path(out)
+    if (out / CONFIG).exists() and not overwrite:
+        raise click.ClickException(f"'{out}' already holds a run; use --overwrite{hint} or another --out")
+    return out
+
+
+def hidden_sizes(text: str) -> tuple[int, ...]:
+    """Hidden layer sizes from "512,512" (or "512x512").
+
+    Raises:
+        click.BadParameter: for anything but positive integers.
+    """
+    try:
+        sizes = tuple(int(s) for s in text.replace("x", ",").split(",") if s.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected sizes like 512,512, got {text!r}") from None
+    if not sizes or min(sizes) < 1:
+        raise click.BadParameter(f"expected positive sizes like 512,512, got {text!r}")
+    return sizes
+
+
+def torch_device(name: str) -> torch.device:
+    """``--device NAME`` as a torch.device, or a one-line error if this machine has no such device.
+
+    Raises:
+        click.ClickException: for an unknown device name, or CUDA/MPS (or a CUDA index) that this
+            machine lacks.
+    """
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise click.ClickException(f"--device {name}: unknown device; use cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise click.ClickException(f"--device {name}: CUDA is not available on this machine")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise click.ClickException(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise click.ClickException(f"--device {name}: MPS is not available on this machine")
+    elif device.type != "cpu":
+        raise click.ClickException(f"--device {name}: unsupported device; use cpu, cuda or mps")
+    return device
+
+
+def preset_kwargs(flow: str, options: dict) -> dict:
+    """The options that flow preset ``flow``'s signature takes, without those left unset (None).
+
+    Raises:
+        click.UsageError: for an option given on the command line that the preset does not take.
+    """
+    accepted = preset_options(flow)
+    ctx = click.get_current_context()
+    for name, value in options.items():
+        given = ctx.get_parameter_source(name).name != "DEFAULT"
+        if name not in accepted and given:
+            raise click.UsageError(f"--{name.replace('_', '-')} does not apply to --flow {flow}")
+    return {k: v for k, v in options.items() if k in accepted and v is not None}
