@@ -151,7 +151,9 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_continues(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "pushforward.cli", "fit", "--data", "digits", "--epochs", "400", "--patience",
            "400", "--hidden-features", "64", "--quiet", "--out", str(out)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C's default action in the child: pytest-xdist's workers ignore SIGINT, which children inherit.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 60
     while not (out / "checkpoint.pt").exists() and time.time() < deadline:
         time.sleep(0.2)
@@ -179,8 +181,12 @@ class _CtrlCWhilePickled:
 def test_ctrl_c_during_a_checkpoint_write_is_raised_after_the_file_is_in_place(tmp_path):
     from pushforward.train import save_atomic
 
-    with pytest.raises(KeyboardInterrupt):
-        save_atomic({"x": _CtrlCWhilePickled()}, tmp_path / "checkpoint.pt")
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (xdist ignores it)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            save_atomic({"x": _CtrlCWhilePickled()}, tmp_path / "checkpoint.pt")
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert torch.load(tmp_path / "checkpoint.pt", weights_only=False) == {"x": 7}
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
 
