@@ -30,6 +30,7 @@ def size(model: dict) -> str:
 
 
 def row(run: Path) -> str:
+    """One markdown row from a run folder's config.json and metrics.json (nats per image)."""
     model = json.loads((run / "config.json").read_text())["model"]
     m = json.loads((run / "metrics.json").read_text())
     published = PUBLISHED.get(model["posterior"])
@@ -39,6 +40,7 @@ def row(run: Path) -> str:
 
 
 def main(runs: list[Path]) -> None:
+    """Print the table's header and one row per run folder."""
     print("| posterior | size | epochs (training time, stopped by) | test -ELBO (nats) | test -log p(x) (nats) "
           "| importance samples × test images | published -log p(x) |")
     print("|---|---|---|---|---|---|---|")

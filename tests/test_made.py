@@ -213,3 +213,11 @@ def test_masked_autoregressive_forward_needs_all_passes():
     assert (guess - x).abs().max() > 1e-10
     guess = layer.map.forward(z, layer.made(guess))[0]
     torch.testing.assert_close(guess, x, atol=1e-12, rtol=0)
+
+
+def test_masked_linear_uses_blocks_by_default_only_for_large_layers():
+    def staircase(n):
+        return torch.arange(n)[:, None] >= torch.arange(n)[None, :]
+
+    assert MaskedLinear(staircase(64)).blocks is None
+    assert len(MaskedLinear(staircase(1024)).blocks) == 4

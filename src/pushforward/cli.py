@@ -26,8 +26,8 @@ from . import distributed
 from .experiment import (CHECKPOINT, CONFIG, METRICS, build_flow, gaussian_baseline, load_run, measure,
                          save_run, standardisation, write_json)
 from .cli_common import fresh_out, hidden_sizes, one_line_errors, preset_kwargs, run_options, torch_device
-from .flows import PRESETS
 from .cli_vi import vae, vi
+from .flows import PRESETS
 from .train import fit as fit_flow
 
 __all__ = ["main"]

@@ -126,8 +126,7 @@ def preset_kwargs(flow: str, options: dict) -> dict:
     """
     accepted = preset_options(flow)
     ctx = click.get_current_context()
-    for name, value in options.items():
-        given = ctx.get_parameter_source(name).name != "DEFAULT"
-        if name not in accepted and given:
+    for name in options:
+        if name not in accepted and ctx.get_parameter_source(name).name != "DEFAULT":
             raise click.UsageError(f"--{name.replace('_', '-')} does not apply to --flow {flow}")
     return {k: v for k, v in options.items() if k in accepted and v is not None}

@@ -9,14 +9,11 @@ data-parallel with DistributedDataParallel, with the same result as one process.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import os
-import signal
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,28 +31,6 @@ __all__ = ["fit", "FitResult", "log_likelihoods", "evaluate", "Evaluation", "sav
 Data = Tensor | tuple[Tensor, Tensor]
 
 
-@contextlib.contextmanager
-def _ctrl_c_held():
-    """Hold Ctrl-C (SIGINT) until the block ends, then raise KeyboardInterrupt.
-
-    torch.save writes through C++ callbacks that can swallow a KeyboardInterrupt raised inside
-    them, so that a Ctrl-C during a checkpoint write would be lost and training would go on.
-    Only in the main thread and with Python's default handler installed; otherwise a no-op.
-    """
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        yield
-        return
-    received = []
-    previous = signal.signal(signal.SIGINT, lambda *_: received.append(True))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if received:
-        raise KeyboardInterrupt
-
-
 def save_atomic(obj: object, path: str | os.PathLike) -> None:
     """``torch.save`` to a temporary file in the same folder, then rename it over ``path``.
 
@@ -64,16 +39,15 @@ def save_atomic(obj: object, path: str | os.PathLike) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with _ctrl_c_held():  # a Ctrl-C during the write is raised once the file is in place
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(obj, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _split(data: Data) -> tuple[Tensor, Tensor | None]:
