@@ -12,7 +12,7 @@ from ..core import Chain, Flow, Inverse, Transform
 from ..distributions import StandardNormal
 from ..transforms.autoregressive import MaskedAutoregressive
 from ..transforms.coupling import Coupling, alternating_mask
-from ..transforms.elementwise import AffineMap, ElementwiseMap
+from ..transforms.elementwise import AffineMap, ElementwiseMap, InverseMap
 from ..transforms.linear import Permutation
 from ..transforms.normalization import ActNorm, BatchNorm
 from ..transforms.splines import RQSpline
@@ -72,7 +72,8 @@ class MAF(Flow):
     r"""Masked autoregressive flow: a stack of MADE-conditioned affine autoregressive layers.
 
     x_i = z_i exp(s_i) + t_i with (t_i, s_i) = MADE(x_{<i}, c); log_prob is one pass per layer,
-    sampling D passes per layer. Orders alternate between natural and reversed.
+    sampling D small steps per layer that together cost about one pass
+    (:meth:`~pushforward.nn.MADE.generate`). Orders alternate between natural and reversed.
 
     Shapes: x (*batch, features); context (*batch, context_features); log_prob (*batch,) nats.
 
@@ -154,7 +155,9 @@ class NSF(Flow):
 
     Each transformed feature goes through a monotonic rational-quadratic spline with ``bins``
     bins on [-bound, bound] and identity tails, its parameters predicted by an MLP (coupling)
-    or a MADE (autoregressive).
+    or a MADE (autoregressive). As in the paper, the spline is applied in the data -> base
+    direction, z_i = RQS(x_i; h_i): density evaluation and training use its closed form, and
+    sampling its closed-form inverse (the root of a quadratic, a few more operations).
 
     Shapes: as :class:`MAF`.
 
@@ -177,8 +180,8 @@ class NSF(Flow):
                  hidden_features: Sequence[int] = (256, 256), bins: int = 8, bound: float = 5.0,
                  autoregressive: bool = False, normalization: str | None = None,
                  activation: type[nn.Module] = nn.ReLU):
-        def spline() -> RQSpline:
-            return RQSpline(bins, bound)
+        def spline() -> InverseMap:
+            return InverseMap(RQSpline(bins, bound))
 
         build = _autoregressive if autoregressive else _coupling
         layers = build(features, spline, context_features, transforms, hidden_features, activation)
