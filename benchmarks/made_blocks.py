@@ -2,10 +2,11 @@
 
     python -m benchmarks.made_blocks --features 64 --hidden 512,512 --blocks 1,2,4 --threads 2
     python -m benchmarks.made_blocks --features 784 --hidden 1024,1024 --blocks 1,4 --repeats 3
+    python -m benchmarks.made_blocks --blocks 1,auto,4     # auto: MaskedLinear's default per layer
 
 Builds MAF(5 layers) (or ``--arch nsf-ar``: autoregressive NSF, 8 bins) and, for each value of
 ``--blocks``, re-plans every :class:`~pushforward.nn.made.MaskedLinear` (1: the dense masked
-product), then times training steps (forward, backward, fused Adam; batch 128, random data),
+product; ``auto``: each layer's default plan), then times training steps (forward, backward, fused Adam; batch 128, random data),
 the settings interleaved over the repetitions. Prints the median examples/s of each and its
 ratio to the first setting.
 """
@@ -22,7 +23,7 @@ import pushforward as pf
 from pushforward.nn.made import MaskedLinear, _block_plan
 
 
-def main(argv: list[str] | None = None) -> dict[int, float]:
+def main(argv: list[str] | None = None) -> dict[int | str, float]:
     """Run the comparison; returns the median examples/s per number of blocks."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", choices=("maf", "nsf-ar"), default="maf")
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> dict[int, float]:
     parser.add_argument("--batch-size", type=int, default=128)
     args = parser.parse_args(argv)
     hidden = tuple(int(h) for h in args.hidden.split(","))
-    blocks = [int(b) for b in args.blocks.split(",")]
+    blocks = [b if b == "auto" else int(b) for b in args.blocks.split(",")]
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     if args.arch == "maf":
@@ -44,12 +45,13 @@ def main(argv: list[str] | None = None) -> dict[int, float]:
         flow = pf.NSF(args.features, transforms=5, hidden_features=hidden, bins=8, autoregressive=True)
     layers = [m for m in flow.modules() if isinstance(m, MaskedLinear)]
     masks = [m.mask.bool() for m in layers]
+    defaults = [m.blocks for m in layers]
     optimizer = torch.optim.Adam(flow.parameters(), lr=1e-4, fused=True)
     x = torch.randn(max(args.steps, 5), args.batch_size, args.features)
 
-    def plan(b: int) -> None:
-        for layer, mask in zip(layers, masks):
-            layer.blocks = _block_plan(mask, b) if b > 1 else None
+    def plan(b: int | str) -> None:
+        for layer, mask, default in zip(layers, masks, defaults):
+            layer.blocks = default if b == "auto" else _block_plan(mask, b) if b > 1 else None
 
     def throughput(steps: int) -> float:
         start = time.perf_counter()
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict[int, float]:
             optimizer.step()
         return steps * args.batch_size / (time.perf_counter() - start)
 
-    rates: dict[int, list[float]] = {b: [] for b in blocks}
+    rates: dict[int | str, list[float]] = {b: [] for b in blocks}
     for b in blocks:  # warm-up
         plan(b)
         throughput(5)

@@ -220,4 +220,8 @@ def test_masked_linear_uses_blocks_by_default_only_for_large_layers():
         return torch.arange(n)[:, None] >= torch.arange(n)[None, :]
 
     assert MaskedLinear(staircase(64)).blocks is None
+    assert MaskedLinear(staircase(256)).blocks is None
+    assert len(MaskedLinear(staircase(512)).blocks) == 4
     assert len(MaskedLinear(staircase(1024)).blocks) == 4
+    wide = torch.arange(1024)[:, None] >= torch.arange(0, 1024, 16)[None, :]  # 64 inputs, 1024 outputs
+    assert MaskedLinear(wide).blocks is None

@@ -62,8 +62,9 @@ def _block_plan(mask: Tensor, blocks: int) -> list[tuple[slice, slice]] | None:
     return plan if covered < mask.numel() else None
 
 
-# Layers with at least this many weights use block products by default (benchmarks/made_blocks.py).
-_BLOCKED_SIZE = 1 << 19
+# By default, layers with at least this many outputs and inputs use 4 blocks: block products of
+# fewer than 128 rows or on narrow inputs run at a low rate on the CPU (benchmarks/made_blocks.py).
+_BLOCKED_SHAPE = (512, 256)
 
 
 class MaskedLinear(nn.Linear):
@@ -75,10 +76,11 @@ class MaskedLinear(nn.Linear):
     evenly about (blocks + 1) / (2 blocks) of the dense products (0.625 for 4 blocks), forward
     and backward. Otherwise, and on accelerators (where the number of kernels matters more
     than their size), one dense masked product. By default (``blocks=None``) layers of at
-    least 2^19 weights use 4 blocks and smaller ones the dense product: on 2 CPU threads
-    (``python -m benchmarks.made_blocks``) blocks made MNIST-sized MADEs (784-1024-1024)
-    1.08-1.17x faster to train, digits-sized ones (64-512-512) 0.84-1.05x, and tiny ones
-    (8-32-32) 0.45x.
+    least 512 outputs and 256 inputs use 4 blocks (at least 128 rows each) and smaller ones
+    the dense product: on 2 CPU threads (``python -m benchmarks.made_blocks``) blocks in every
+    layer made MNIST-sized MADEs (784-1024-1024) 1.08-1.17x faster to train, but digits-sized
+    ones (64-512-512) 0.84-1.05x and tiny ones (8-32-32) 0.45x, the narrow input and output
+    layers of those losing what the square hidden layers gain.
 
     Shapes: input (*batch, in_features); mask (out_features, in_features);
     output (*batch, out_features).
@@ -87,7 +89,7 @@ class MaskedLinear(nn.Linear):
         mask: the binary mask M.
         bias: whether to add b.
         blocks: the number of row runs (1: always one dense product; None: 4 for layers of
-            at least 2^19 weights, else 1).
+            at least 512 outputs and 256 inputs, else 1).
 
     Raises:
         ValueError: if blocks < 1.
@@ -96,7 +98,7 @@ class MaskedLinear(nn.Linear):
     def __init__(self, mask: Tensor, bias: bool = True, blocks: int | None = None):
         super().__init__(mask.shape[1], mask.shape[0], bias=bias)
         if blocks is None:
-            blocks = 4 if mask.numel() >= _BLOCKED_SIZE else 1
+            blocks = 4 if mask.shape[0] >= _BLOCKED_SHAPE[0] and mask.shape[1] >= _BLOCKED_SHAPE[1] else 1
         if blocks < 1:
             raise ValueError(f"blocks must be at least 1, got {blocks}")
         self.register_buffer("mask", mask.to(self.weight.dtype))
