@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .mlp import cat_context
+from .mlp import cat_context, hidden_activation
 
 __all__ = ["MADE", "MaskedLinear"]
 
@@ -167,7 +167,7 @@ class MADE(nn.Module):
         self._units: list[list[int]] = []  # per hidden layer: how many units have degree <= k, k = 0..D
         for width in hidden_features:
             hidden = torch.sort(low + torch.arange(width) % span).values  # sorted: block-triangular masks
-            layers += [MaskedLinear(hidden[:, None] >= degrees[None, :], blocks=blocks), activation()]
+            layers += [MaskedLinear(hidden[:, None] >= degrees[None, :], blocks=blocks), hidden_activation(activation)]
             self._units.append(torch.searchsorted(hidden, torch.arange(features + 1), right=True).tolist())
             degrees = hidden
         out_degrees = (order + 1).repeat_interleave(params)

@@ -7,7 +7,18 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["MLP", "cat_context"]
+__all__ = ["MLP", "cat_context", "hidden_activation"]
+
+# Activations whose gradient can be computed from their output: applied in place on the
+# output of the linear layer before them (autograd allows it; a product's gradient does not
+# need its output), which saves one tensor per hidden layer and, on the CPU, the page faults
+# of fresh memory (`python -m benchmarks.in_place`; figures in benchmarks/RESULTS.md).
+_IN_PLACE = (nn.ReLU, nn.LeakyReLU)
+
+
+def hidden_activation(activation: type[nn.Module]) -> nn.Module:
+    """An instance of ``activation`` for a hidden layer, in place for ReLU and LeakyReLU."""
+    return activation(inplace=True) if activation in _IN_PLACE else activation()
 
 
 def cat_context(x: Tensor, context: Tensor | None, context_features: int, owner: str) -> Tensor:
@@ -44,7 +55,7 @@ class MLP(nn.Sequential):
         sizes = [in_features, *hidden_features, out_features]
         layers: list[nn.Module] = []
         for a, b in zip(sizes[:-1], sizes[1:]):
-            layers += [nn.Linear(a, b), activation()]
+            layers += [nn.Linear(a, b), hidden_activation(activation)]
         super().__init__(*layers[:-1])
         nn.init.zeros_(self[-1].weight)
         nn.init.zeros_(self[-1].bias)
