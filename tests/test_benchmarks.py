@@ -80,3 +80,18 @@ def test_peer_builds_the_same_model_in_the_same_convention(library):
                 p.add_(0.05 * torch.randn_like(p))
         assert abs(compare.grid_mass(model, half_width=8.0, points=241) - 1) < 0.02, arch
         assert model.sample(3).shape == (3, 2)
+
+
+def test_made_blocks_compares_each_plan():
+    from benchmarks import made_blocks
+
+    rates = made_blocks.main(["--features", "8", "--hidden", "512,512", "--blocks", "1,auto,2",
+                              "--repeats", "1", "--steps", "1", "--batch-size", "4", "--threads", "1"])
+    assert set(rates) == {1, "auto", 2} and all(r > 0 for r in rates.values())
+
+
+def test_in_place_benchmark_runs_every_case():
+    from benchmarks import in_place
+
+    ratios = in_place.main(["--repeats", "1", "--calls", "1", "--threads", "1"])
+    assert len(ratios) == 5 and all(r > 0 for r in ratios.values())
