@@ -601,6 +601,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--transforms", type=int, default=5)
     p.add_argument("--hidden", default=None, help="hidden sizes for every architecture, e.g. 64,64")
     p.add_argument("--bins", type=int, default=8)
+    p.add_argument("--activation", choices=("relu", "tanh"), default="relu",
+                   help="the MADE's non-linearity in every library (maf, nsf-ar; torchflows' is always tanh)")
     p.add_argument("--bound", type=float, default=5.0)
     p.add_argument("--log-prob-batch", type=int, default=1000)
     p.add_argument("--calls", type=int, default=None, help="log_prob / sample calls per repetition (default 3; --quick 1)")
@@ -657,7 +659,7 @@ def main(argv: Sequence[str] | None = None, log: Callable[[str], None] = print) 
             continue
         archs = args.arch.split(",") if args.arch else (["maf"] if name == "mnist" else list(ARCHITECTURES))
         for arch in archs:
-            spec = Spec(arch, data.features, args.transforms, hidden, args.bins, args.bound)
+            spec = Spec(arch, data.features, args.transforms, hidden, args.bins, args.bound, args.activation)
             log(f"\n{data.name} · {arch}: measuring {', '.join(libraries)}")
             run = benchmark(data, spec, settings, log)
             report(run, log)

@@ -67,6 +67,8 @@ class Spec:
         hidden: hidden layer sizes of each conditioner (None: the architecture's default).
         bins: spline bins K (NSF only).
         bound: spline bound B (NSF only); identity outside [-B, B].
+        activation: "relu" or "tanh", the MADE's non-linearity (autoregressive architectures;
+            coupling conditioners keep ReLU).
     """
 
     arch: str
@@ -75,8 +77,11 @@ class Spec:
     hidden: tuple[int, ...] | None = None
     bins: int = 8
     bound: float = 5.0
+    activation: str = "relu"
 
     def __post_init__(self) -> None:
+        if self.activation not in ("relu", "tanh"):
+            raise ValueError(f"unknown activation {self.activation!r}; choose relu or tanh")
         if self.arch not in ARCHITECTURES:
             raise ValueError(f"unknown architecture {self.arch!r}; choose from {', '.join(ARCHITECTURES)}")
         if self.hidden is None:
@@ -152,13 +157,14 @@ def _pushforward(spec: Spec) -> Model:
     import pushforward as pf
 
     d, t, h = spec.features, spec.transforms, spec.hidden
+    act = {"activation": nn.Tanh} if spec.activation == "tanh" and spec.autoregressive else {}
     if spec.arch == "maf":
-        flow = pf.MAF(d, transforms=t, hidden_features=h)
+        flow = pf.MAF(d, transforms=t, hidden_features=h, **act)
     elif spec.arch == "realnvp":
         flow = pf.RealNVP(d, transforms=t, hidden_features=h)
     else:
         flow = pf.NSF(d, transforms=t, hidden_features=h, bins=spec.bins, bound=spec.bound,
-                      autoregressive=spec.arch == "nsf-ar")
+                      autoregressive=spec.arch == "nsf-ar", **act)
     return Model("pushforward", spec, flow, flow.log_prob, lambda n: flow.sample((n,)))
 
 
@@ -180,7 +186,8 @@ def _zuko(spec: Spec) -> Model:
         spline = {}
         notes.append("affine log-scale soft clamp a / (1 + |a| / 6.9) (pushforward: 5 tanh(a / 5))")
     if spec.arch in ("maf", "nsf-ar"):
-        flow = zuko.flows.MAF(d, transforms=t, hidden_features=h, **spline)
+        act = {"activation": nn.Tanh} if spec.activation == "tanh" else {}
+        flow = zuko.flows.MAF(d, transforms=t, hidden_features=h, **spline, **act)
     else:
         flow = zuko.flows.RealNVP(d, transforms=t, hidden_features=h, **spline)
     # zuko builds a torch.distributions object per call: that cost is part of its API.
@@ -208,6 +215,7 @@ def _nflows(spec: Spec) -> Model:
     d, t = spec.features, spec.transforms
     width, depth = _one_width("nflows", spec)
     notes: list[str] = []
+    act = torch.tanh if spec.activation == "tanh" else torch.relu
 
     def net(i: int, o: int) -> nn.Module:
         return _IgnoreContext(MLP((i,), (o,), list(spec.hidden)))
@@ -217,11 +225,11 @@ def _nflows(spec: Spec) -> Model:
         mask = create_alternating_binary_mask(d, even=i % 2 == 0)
         if spec.arch == "maf":
             layer = transforms.MaskedAffineAutoregressiveTransform(
-                d, width, num_blocks=depth - 1, use_residual_blocks=False)
+                d, width, num_blocks=depth - 1, use_residual_blocks=False, activation=act)
         elif spec.arch == "nsf-ar":
             layer = transforms.MaskedPiecewiseRationalQuadraticAutoregressiveTransform(
                 d, width, num_bins=spec.bins, tails="linear", tail_bound=spec.bound, num_blocks=depth - 1,
-                use_residual_blocks=False)
+                use_residual_blocks=False, activation=act)
         elif spec.arch == "realnvp":
             layer = transforms.AffineCouplingTransform(mask, net)
         else:
@@ -282,15 +290,16 @@ def _normflows(spec: Spec) -> Model:
     width, depth = _one_width("normflows", spec)
     inverted = _normflows_inverted()
     notes: list[str] = []
+    act = torch.tanh if spec.activation == "tanh" else torch.relu
     layers: list[nn.Module] = []
     for i in range(t):
         if spec.arch == "maf":
             layer = inverted(nf.flows.MaskedAffineAutoregressive(d, width, num_blocks=depth - 1,
-                                                                 use_residual_blocks=False))
+                                                                 use_residual_blocks=False, activation=act))
         elif spec.arch == "nsf-ar":
             layer = inverted(MaskedPiecewiseRationalQuadraticAutoregressive(
                 d, width, num_bins=spec.bins, tails="linear", tail_bound=spec.bound, num_blocks=depth - 1,
-                use_residual_blocks=False))
+                use_residual_blocks=False, activation=act))
         elif spec.arch == "realnvp":
             a = (d + 1) // 2 if i % 2 == 0 else d // 2  # the conditioning half of chunk(2)
             param_map = nf.nets.MLP([a, *spec.hidden, 2 * (d - a)], init_zeros=True)
@@ -333,7 +342,8 @@ def _torchflows(spec: Spec) -> Model:
     notes = ["a ReversePermutationMatrix layer between layers (torchflows' own architectures also add "
              "ElementwiseAffine and ActNorm layers; left out here)"]
     if spec.autoregressive:
-        notes.append("torchflows' MADE has a fixed tanh activation (pushforward: ReLU)")
+        if spec.activation != "tanh":
+            notes.append("torchflows' MADE has a fixed tanh activation (the others: ReLU)")
         kind = tl.AffineForwardMaskedAutoregressive if spec.arch == "maf" else tl.RQSForwardMaskedAutoregressive
     else:
         conditioner["nonlinearity"] = nn.ReLU

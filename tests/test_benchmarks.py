@@ -82,6 +82,27 @@ def test_peer_builds_the_same_model_in_the_same_convention(library):
         assert model.sample(3).shape == (3, 2)
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("library", ["pushforward", *peers.PEERS])
+def test_tanh_made_in_every_library(library):
+    """--activation tanh reaches each library's MADE (torchflows' is tanh anyway)."""
+    pytest.importorskip(library)
+    for arch in ("maf", "nsf-ar"):
+        relu = peers.build(library, peers.Spec(arch, 3, **TINY))
+        tanh = peers.build(library, peers.Spec(arch, 3, **TINY, activation="tanh"))
+        assert peers.parameter_count(tanh.module) == peers.parameter_count(relu.module)
+        torch.manual_seed(0)
+        x = torch.randn(4, 3)
+        with torch.no_grad():
+            for p in relu.module.parameters():
+                p.add_(0.3 * torch.randn_like(p))
+            tanh.module.load_state_dict(relu.module.state_dict())  # same weights, other activation
+            assert torch.isfinite(tanh.log_prob(x)).all()
+            assert not torch.allclose(tanh.log_prob(x), relu.log_prob(x)) or library == "torchflows", arch
+    with pytest.raises(ValueError, match="activation"):
+        peers.Spec("maf", 3, activation="gelu")
+
+
 def test_made_blocks_compares_each_plan():
     from benchmarks import made_blocks
 

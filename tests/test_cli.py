@@ -10,19 +10,16 @@ import time
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 from pushforward.cli import main
 from pushforward.flows import PRESETS, preset_options
+from cli_helpers import invoke
 
 TINY = ["--transforms", "1", "--hidden-features", "8", "--epochs", "1", "--quiet"]
 
 
 def run(*args, ok=True):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    if ok:
-        assert result.exit_code == 0, result.output
-    return result
+    return invoke(main, *args, ok=ok)
 
 
 @pytest.fixture

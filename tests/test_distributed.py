@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
 
 import pushforward as pf
 from pushforward import distributed
 from pushforward.cli import main
+from cli_helpers import invoke
 
 # 65 rows in batches of 16: the last mini-batch has one row, so one process's shard is empty.
 ROWS, BATCH = 65, 16
@@ -135,10 +135,7 @@ def test_an_error_in_a_process_is_raised_in_the_launcher():
 
 
 def cli(*args, ok=True):
-    result = CliRunner().invoke(main, [str(a) for a in args])
-    if ok:
-        assert result.exit_code == 0, result.output
-    return result
+    return invoke(main, *args, ok=ok)
 
 
 def test_fit_nproc_writes_the_run_and_resumes(tmp_path):

@@ -5,7 +5,6 @@ import math
 
 import pytest
 import torch
-from click.testing import CliRunner
 
 import pushforward as pf
 from pushforward import targets, vi
@@ -13,6 +12,7 @@ from pushforward.cli_vi import vi as vi_command
 from pushforward.core import Chain, Flow
 from pushforward.distributions import DiagNormal, StandardNormal
 from pushforward.transforms.elementwise import AffineMap, Elementwise
+from cli_helpers import invoke
 
 U1_LOG_Z = 1.8775
 
@@ -220,10 +220,7 @@ def test_fit_vi_errors():
 # --- pushforward vi ------------------------------------------------------------------------
 
 def run(*args, ok=True):
-    result = CliRunner().invoke(vi_command, [str(a) for a in args])
-    if ok:
-        assert result.exit_code == 0, result.output
-    return result
+    return invoke(vi_command, *args, ok=ok)
 
 
 def test_cli_vi_writes_a_run_folder(tmp_path):
