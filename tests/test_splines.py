@@ -404,3 +404,11 @@ def test_autoregressive_spline_layer_far_outside_the_bound_in_both_directions():
     far = u.detach().abs() > BOUND
     x, _ = layer(u.detach())
     assert torch.equal(x[far], u.detach()[far])
+
+
+def test_empty_batch():
+    spline = RQSpline(BINS, BOUND)
+    h = torch.zeros(0, 4, PARAMS)
+    for method in (spline.forward, spline.inverse):
+        y, ladj = method(torch.zeros(0, 4), h)
+        assert y.shape == ladj.shape == (0, 4)

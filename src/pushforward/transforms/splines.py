@@ -107,7 +107,8 @@ def _knots(raw: Tensor, bound: float, minimum: float) -> Tensor:
     One product with a fixed matrix does the cumulative sum, the floor and the scaling
     (:func:`_knot_map`), fewer and cheaper kernels than cumsum and padding."""
     a, b = _knot_map(raw.shape[-1], bound, minimum, raw.dtype, raw.device)
-    return torch.addmm(b, _softmax(raw).reshape(-1, raw.shape[-1]), a).reshape(*raw.shape[:-1], -1)
+    knots = torch.addmm(b, _softmax(raw).reshape(-1, raw.shape[-1]), a)
+    return knots.reshape(*raw.shape[:-1], raw.shape[-1] + 1)
 
 
 def _cumulative_knots(sizes: Tensor, bound: float) -> Tensor:
