@@ -365,7 +365,7 @@ def fit_vae(model: VAE, data: BinaryImages, *, epochs: int = 1000, batch_size: i
     torch.manual_seed(seed)
     model.to(device)
     param = next(model.parameters())
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=True)  # one kernel per step, as in fit
     n = len(data.train)
     steps = math.ceil(n / batch_size)
     warmup_steps = warmup * steps
