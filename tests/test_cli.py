@@ -68,6 +68,13 @@ def test_image_data_report_bits_per_dim_and_write_sample_grid(tmp_path):
     run("sample", out, "-n", 16, "-o", tmp_path / "grid.png")
 
 
+def test_fit_compile_is_kept_for_resume(tmp_path):
+    out = tmp_path / "compiled"
+    run("fit", "--data", "moons", "--flow", "nsf", "--bins", "4", *TINY, "--compile", "--out", out)
+    assert json.loads((out / "config.json").read_text())["train"]["compile"] is True
+    assert np.isfinite(json.loads((out / "metrics.json").read_text())["log_likelihood_nats"])
+
+
 def test_fit_without_out_names_where_it_wrote(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     result = run("fit", *TINY)

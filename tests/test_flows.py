@@ -388,6 +388,21 @@ def test_fit_learns_moons(moons):
     assert len(result.history) == result.history[-1]["epoch"]
 
 
+def test_fit_compiled_trains_like_eager(moons):
+    """compile=True goes through torch.compile and ends where eager training does, up to rounding."""
+    train, valid = moons
+    runs = []
+    for compile in (False, True):
+        torch.manual_seed(0)
+        flow = pf.NSF(2, transforms=2, hidden_features=(16,), bins=4)
+        counter = torch._dynamo.utils.counters["stats"]["calls_captured"]
+        result = pf.fit(flow, train[:256], valid, epochs=2, batch_size=128, patience=None, progress=False,
+                        compile=compile)
+        assert (torch._dynamo.utils.counters["stats"]["calls_captured"] > counter) == compile
+        runs.append(result.best_valid)
+    assert runs[1] == pytest.approx(runs[0], rel=1e-4)
+
+
 def test_fit_keeps_the_best_weights(moons):
     train, valid = moons
     # 100 training points and a large learning rate overfit: the last epoch is not the best

@@ -116,6 +116,9 @@ def main():
 @click.option("--max-minutes", type=float, default=None, help="Wall-clock budget for training, in minutes.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the data split, the weights and the batches.")
 @click.option("--float64", is_flag=True, help="Train in float64 instead of float32.")
+@click.option("--compile", "compiled", is_flag=True,
+              help="Compile the log-likelihood with torch.compile: faster coupling NSF training on the CPU, "
+                   "slower MAF (python -m benchmarks.compiled); the first steps take longer.")
 @run_options("runs/DATA-FLOW", json_help="Print the test metrics as one JSON line.",
              threads_help="torch.set_num_threads (default: torch's choice; 1 per process with --nproc or torchrun).")
 @click.option("--nproc", type=int, default=1, show_default=True,
@@ -127,8 +130,8 @@ def main():
                    "--epochs and --max-minutes may be changed).")
 @one_line_errors
 def fit(data, data_dir, test_file, flow_name, transforms, hidden_features, bins, autoregressive, normalization,
-        epochs, batch_size, lr, weight_decay, schedule, clip_grad, patience, max_minutes, seed, float64, device,
-        threads, nproc, out, overwrite, resume, as_json, quiet):
+        epochs, batch_size, lr, weight_decay, schedule, clip_grad, patience, max_minutes, seed, float64, compiled,
+        device, threads, nproc, out, overwrite, resume, as_json, quiet):
     """Train a flow by maximum likelihood and write a run folder.
 
     The folder holds config.json (rebuilds the model), model.pt (the best-validation weights,
@@ -171,7 +174,7 @@ def fit(data, data_dir, test_file, flow_name, transforms, hidden_features, bins,
             "train": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
                       "schedule": None if schedule == "none" else schedule, "clip_grad": clip_grad,
                       "patience": patience, "max_minutes": max_minutes, "seed": seed,
-                      "dtype": "float64" if float64 else "float32"},
+                      "dtype": "float64" if float64 else "float32", "compile": compiled},
         }
     batch = config["train"]["batch_size"]
     if batch < 1 or batch % world:
@@ -220,7 +223,8 @@ def _fit_job(job: dict) -> str:
                       lr=tc["lr"], weight_decay=tc["weight_decay"], schedule=tc["schedule"],
                       clip_grad=tc["clip_grad"], patience=tc["patience"], max_minutes=tc["max_minutes"],
                       seed=tc["seed"], dtype=getattr(torch, tc["dtype"]), device=job["device"],
-                      progress=not job["quiet"], verbose=not as_json, checkpoint=out / CHECKPOINT, resume=resume)
+                      progress=not job["quiet"], verbose=not as_json, checkpoint=out / CHECKPOINT, resume=resume,
+                      compile=tc.get("compile", False))
     if not lead:
         return result.stopped
     if result.stopped == "interrupted":

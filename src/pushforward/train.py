@@ -160,6 +160,7 @@ def fit(
     verbose: bool = False,
     checkpoint: str | os.PathLike | None = None,
     resume: bool = False,
+    compile: bool = False,
 ) -> FitResult:
     r"""Train ``flow`` by maximum likelihood: minimise -mean log p(x) (nats) with Adam.
 
@@ -199,6 +200,10 @@ def fit(
         verbose: print one line per epoch (train loss, validation log-likelihood) to stderr.
         checkpoint: a file path; written atomically after every epoch and on Ctrl-C.
         resume: continue from ``checkpoint`` (model, optimiser, schedule, history, best weights).
+        compile: run the log-likelihood through ``torch.compile`` (its first steps take seconds
+            to minutes longer; the weights and checkpoints are the flow's own). On 2 CPU threads
+            (``python -m benchmarks.compiled``) it made NSF coupling training 1.63x faster,
+            autoregressive NSF 1.11x, and MAF 0.85x (slower): measure before choosing.
 
     Raises:
         ValueError: for an unknown ``schedule``, empty training or validation data, a loss that
@@ -237,6 +242,8 @@ def fit(
     model = _LogLikelihoodSum(flow)
     if world > 1:
         model = DistributedDataParallel(model)
+    if compile:
+        model = torch.compile(model)
 
     def save() -> None:
         if checkpoint is not None and lead:
