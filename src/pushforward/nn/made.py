@@ -80,7 +80,8 @@ class MaskedLinear(nn.Linear):
     the dense product: on 2 CPU threads (``python -m benchmarks.made_blocks``) blocks in every
     layer made MNIST-sized MADEs (784-1024-1024) 1.08-1.17x faster to train, but digits-sized
     ones (64-512-512) 0.84-1.05x and tiny ones (8-32-32) 0.45x, the narrow input and output
-    layers of those losing what the square hidden layers gain.
+    layers of those losing what the square hidden layers gain; this default (``--blocks
+    1,auto``) made digits MAF(5, 2x512) 1.05x faster and a 784-512-512 MADE 1.21x.
 
     Shapes: input (*batch, in_features); mask (out_features, in_features);
     output (*batch, out_features).
@@ -167,7 +168,8 @@ class MADE(nn.Module):
         self._units: list[list[int]] = []  # per hidden layer: how many units have degree <= k, k = 0..D
         for width in hidden_features:
             hidden = torch.sort(low + torch.arange(width) % span).values  # sorted: block-triangular masks
-            layers += [MaskedLinear(hidden[:, None] >= degrees[None, :], blocks=blocks), hidden_activation(activation)]
+            mask = hidden[:, None] >= degrees[None, :]
+            layers += [MaskedLinear(mask, blocks=blocks), hidden_activation(activation)]
             self._units.append(torch.searchsorted(hidden, torch.arange(features + 1), right=True).tolist())
             degrees = hidden
         out_degrees = (order + 1).repeat_interleave(params)
