@@ -116,3 +116,10 @@ def test_in_place_benchmark_runs_every_case():
 
     ratios = in_place.main(["--repeats", "1", "--calls", "1", "--threads", "1"])
     assert len(ratios) == 5 and all(r > 0 for r in ratios.values())
+
+
+def test_spline_benchmark_times_every_piece():
+    from benchmarks import spline
+
+    medians = spline.main(["--repeats", "1", "--calls", "1", "--threads", "1"])
+    assert len(medians) == 6 and all(t > 0 for t in medians.values())

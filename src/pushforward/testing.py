@@ -104,6 +104,10 @@ def _vector_examples() -> Iterator[tuple[str, Callable[[int], Transform], bool]]
     yield "autoregressive-affine", lambda c: MaskedAutoregressive(d, AffineMap(), c, (8, 8), order=[2, 0, 4, 1, 3]), True
     yield "autoregressive-affine-inverse", lambda c: Inverse(MaskedAutoregressive(d, AffineMap(), c, (8,))), True
     yield "autoregressive-rq-spline", lambda c: MaskedAutoregressive(d, RQSpline(bins=4, bound=2.0), c, (8,)), True
+    # the spline applied data -> base, as the NSF preset uses it
+    yield "coupling-rq-spline-data-to-base", lambda c: Coupling(half, InverseMap(RQSpline(4, 2.0)), c, (8,)), True
+    yield "autoregressive-rq-spline-data-to-base", lambda c: MaskedAutoregressive(
+        d, InverseMap(RQSpline(4, 2.0)), c, (8,)), True
     yield "coupling-piecewise-linear", lambda c: Coupling(half, PiecewiseLinear(4, 2.0), c, (8,)), True
     yield "coupling-piecewise-quadratic", lambda c: Coupling(half, PiecewiseQuadratic(4, 2.0), c, (8,)), True
     yield "coupling-cubic-spline", lambda c: Coupling(half, CubicSpline(4, 2.0), c, (8,)), True
