@@ -190,6 +190,17 @@ def grid_mass(model: Model, half_width: float = 6.0, points: int = 301) -> float
 
 # --- the dense-matmul bound ------------------------------------------------------------------
 
+def _layer_sizes(module: nn.Module) -> list[tuple[int, int]]:
+    """(in, out) of each linear layer of a conditioner: an MLP (nn.Sequential) or a MADE; else []."""
+    from pushforward.nn import MADE
+
+    if isinstance(module, MADE):
+        return [(weight.shape[1], weight.shape[0]) for weight, _ in module.dense()]
+    if isinstance(module, nn.Sequential):
+        return [(m.in_features, m.out_features) for m in module.children() if isinstance(m, nn.Linear)]
+    return []
+
+
 def matmul_products(flow: nn.Module, batch: int) -> list[tuple[int, int, int]]:
     r"""The (m, k, n) matrix products of one training step of a pushforward flow, dense.
 
@@ -199,13 +210,10 @@ def matmul_products(flow: nn.Module, batch: int) -> list[tuple[int, int, int]]:
     gradient). Masked weights count as dense, as every library multiplies them.
     FLOPs = sum of 2 m k n.
     """
-    conditioners = [m for m in flow.modules() if isinstance(m, nn.Sequential)
-                    and any(isinstance(c, nn.Linear) for c in m.children())]
+    conditioners = [sizes for m in flow.modules() if (sizes := _layer_sizes(m))]
     products: list[tuple[int, int, int]] = []
-    for index, conditioner in enumerate(conditioners):
-        linears = [m for m in conditioner.children() if isinstance(m, nn.Linear)]
-        for position, layer in enumerate(linears):
-            i, o = layer.in_features, layer.out_features
+    for index, sizes in enumerate(conditioners):
+        for position, (i, o) in enumerate(sizes):
             products += [(batch, i, o), (o, batch, i)]
             data_side_first = index == len(conditioners) - 1 and position == 0
             if not data_side_first:
@@ -358,7 +366,8 @@ class Result:
     """The measurements of one library on one (data set, architecture)."""
 
     library: str
-    parameters: int
+    parameters: int  # free parameters (masked-out weights not counted)
+    stored: int  # stored parameters
     notes: list[str]
     train: list[float] = field(default_factory=list)  # examples/s per repetition
     log_prob: list[float] = field(default_factory=list)
@@ -419,12 +428,13 @@ def benchmark(data: Data, spec: Spec, settings: Settings, log: Callable[[str], N
                 warnings.simplefilter("ignore")
                 model = build(library, spec)
         except Unsupported as error:
-            results[library] = Result(library, 0, [], error=str(error))
+            results[library] = Result(library, 0, 0, [], error=str(error))
             continue
         model.module.to(device)
         optimizer = torch.optim.Adam(model.module.parameters(), lr=settings.lr, fused=settings.fused_adam or None)
         runners[library] = Runner(model, optimizer, train, plan, device)
-        results[library] = Result(library, parameter_count(model.module), model.notes)
+        results[library] = Result(library, parameter_count(model.module), parameter_count(model.module, stored=True),
+                                    model.notes)
 
     bound = {}
     if "pushforward" in runners:
@@ -499,7 +509,7 @@ def report(run: dict, log: Callable[[str], None] = print) -> None:
         if r["error"]:
             log(f"  {name}: not built: {r['error']}")
         else:
-            log(f"  {name}: {r['parameters']:,} parameters" + "".join(f"\n      - {n}" for n in r["notes"]))
+            log(f"  {name}: {r['parameters']:,} free parameters ({r.get('stored', r['parameters']):,} stored)" + "".join(f"\n      - {n}" for n in r["notes"]))
     ok = {k: r for k, r in results.items() if not r["error"]}
     header = f"  {'library':<12}{'train ex/s':>12}{'log_prob ex/s':>15}{'sample ex/s':>13}{'peak MiB t/l/s':>20}   test LL (nats)"
     log(header)

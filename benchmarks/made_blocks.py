@@ -1,59 +1,120 @@
-"""MADE block products against one dense masked product: pushforward's training throughput alone.
+"""MADE storage and block products: pushforward's training throughput alone, per MADE layout.
 
-    python -m benchmarks.made_blocks --features 64 --hidden 512,512 --blocks 1,2,4 --threads 2
-    python -m benchmarks.made_blocks --features 784 --hidden 1024,1024 --blocks 1,4 --repeats 3
-    python -m benchmarks.made_blocks --blocks 1,auto,4     # auto: MaskedLinear's default per layer
+    python -m benchmarks.made_blocks                                   # dense,1,auto on digits-sized MAF
+    python -m benchmarks.made_blocks --features 784 --repeats 5        # MNIST-sized
+    python -m benchmarks.made_blocks --settings 1,auto,2,4 --fused     # block plans, fused Adam
 
-Builds MAF(5 layers) (or ``--arch nsf-ar``: autoregressive NSF, 8 bins) and, for each value of
-``--blocks``, re-plans every :class:`~pushforward.nn.made.MaskedLinear` (1: the dense masked
-product; ``auto``: each layer's default plan), then times training steps (forward, backward, fused Adam; batch 128, random data),
-the settings interleaved over the repetitions. Prints the median examples/s of each and its
-ratio to the first setting.
+Builds MAF(5 layers) (or ``--arch nsf-ar``: autoregressive NSF, 8 bins) once per setting of
+``--settings``, from the same seed (the same function):
+
+- ``dense``: every MADE replaced by one ``nn.Linear`` with a mask buffer per layer, y =
+  (W * M) x + b with the whole W stored and multiplied: the layout of the peer libraries and
+  of pushforward before its packed storage;
+- ``1``, ``2``, ... : pushforward's MADE with that many row runs per layer (one flat parameter
+  per MADE, only the blocks a mask uses stored);
+- ``auto``: pushforward's default (4 runs for layers of at least 512 outputs and 256 inputs).
+
+then times training steps (forward, backward, Adam step as ``benchmarks.compare`` does it, or
+``--fused``; batch 128, random data), the settings interleaved over the repetitions. Prints
+the median examples/s of each and its ratio to the first setting.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 
 import torch
+from torch import Tensor, nn
 
 import pushforward as pf
-from pushforward.nn.made import MaskedLinear, _block_plan
+from pushforward.nn import MADE, cat_context
+from pushforward.transforms import MaskedAutoregressive
 
 
-def main(argv: list[str] | None = None) -> dict[int | str, float]:
-    """Run the comparison; returns the median examples/s per number of blocks."""
+class DenseMADE(nn.Module):
+    """The function of a :class:`MADE` with one dense masked ``nn.Linear`` per layer."""
+
+    def __init__(self, made: MADE):
+        super().__init__()
+        ones = copy.deepcopy(made)
+        with torch.no_grad():
+            ones.packed.fill_(1.0)  # its dense weights are then the masks
+        self.features, self.params, self.context_features = made.features, made.params, made.context_features
+        self.activation = made.activation
+        self.linears = nn.ModuleList()
+        for (weight, bias), (mask, _) in zip(made.dense(), ones.dense()):
+            linear = nn.Linear(weight.shape[1], weight.shape[0])
+            linear.weight.data.copy_(weight.detach())
+            linear.bias.data.copy_(bias.detach())
+            linear.register_buffer("mask", mask.detach().clone())
+            self.linears.append(linear)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        h = cat_context(x, context, self.context_features, "MADE")
+        for k, linear in enumerate(self.linears):
+            h = nn.functional.linear(h, linear.weight * linear.mask, linear.bias)
+            h = self.activation(h) if k + 1 < len(self.linears) else h
+        return h.unflatten(-1, (self.features, self.params))
+
+
+def build(arch: str, features: int, hidden: tuple[int, ...], setting: str) -> pf.Flow:
+    """The flow of one setting (see the module docstring), from seed 0."""
+    torch.manual_seed(0)
+    if arch == "maf":
+        flow = pf.MAF(features, transforms=5, hidden_features=hidden)
+    else:
+        flow = pf.NSF(features, transforms=5, hidden_features=hidden, bins=8, autoregressive=True)
+    return relayout(flow, setting)
+
+
+def relayout(flow: pf.Flow, setting: str) -> pf.Flow:
+    """``flow`` with each MADE stored as ``setting`` says, the same function; in place."""
+    for layer in flow.modules():
+        if isinstance(layer, MaskedAutoregressive) and setting != "auto":
+            made = layer.made
+            if setting == "dense":
+                layer.made = DenseMADE(made)
+                continue
+            hidden = [weight.shape[0] for weight, _ in made.dense()[:-1]]
+            layer.made = MADE(made.features, made.params, made.context_features, hidden, made.order,
+                              type(made.activation), blocks=int(setting))
+            layer.made.load_state_dict(_per_layer_state(made))
+    return flow
+
+
+def _per_layer_state(made: MADE) -> dict[str, Tensor]:
+    """``made``'s weights in the per-layer state-dict format, which any layout loads."""
+    state = {"order": made.order}
+    for k, (weight, bias) in enumerate(made.dense()):
+        state |= {f"network.{2 * k}.weight": weight.detach(), f"network.{2 * k}.bias": bias.detach()}
+    return state
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    """Run the comparison; returns the median examples/s per setting."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", choices=("maf", "nsf-ar"), default="maf")
     parser.add_argument("--features", type=int, default=64)
     parser.add_argument("--hidden", default="512,512")
-    parser.add_argument("--blocks", default="1,2,4")
+    parser.add_argument("--settings", default="dense,1,auto")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--fused", action="store_true", help="fused Adam (pushforward.fit's) instead of the default")
     args = parser.parse_args(argv)
     hidden = tuple(int(h) for h in args.hidden.split(","))
-    blocks = [b if b == "auto" else int(b) for b in args.blocks.split(",")]
+    settings = args.settings.split(",")
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    if args.arch == "maf":
-        flow = pf.MAF(args.features, transforms=5, hidden_features=hidden)
-    else:
-        flow = pf.NSF(args.features, transforms=5, hidden_features=hidden, bins=8, autoregressive=True)
-    layers = [m for m in flow.modules() if isinstance(m, MaskedLinear)]
-    masks = [m.mask.bool() for m in layers]
-    defaults = [m.blocks for m in layers]
-    optimizer = torch.optim.Adam(flow.parameters(), lr=1e-4, fused=True)
+    flows = {s: build(args.arch, args.features, hidden, s) for s in settings}
+    optimizers = {s: torch.optim.Adam(f.parameters(), lr=1e-4, fused=args.fused or None) for s, f in flows.items()}
     x = torch.randn(max(args.steps, 5), args.batch_size, args.features)
 
-    def plan(b: int | str) -> None:
-        for layer, mask, default in zip(layers, masks, defaults):
-            layer.blocks = default if b == "auto" else _block_plan(mask, b) if b > 1 else None
-
-    def throughput(steps: int) -> float:
+    def throughput(setting: str, steps: int) -> float:
+        flow, optimizer = flows[setting], optimizers[setting]
         start = time.perf_counter()
         for i in range(steps):
             loss = -flow.log_prob(x[i]).mean()
@@ -62,18 +123,18 @@ def main(argv: list[str] | None = None) -> dict[int | str, float]:
             optimizer.step()
         return steps * args.batch_size / (time.perf_counter() - start)
 
-    rates: dict[int | str, list[float]] = {b: [] for b in blocks}
-    for b in blocks:  # warm-up
-        plan(b)
-        throughput(5)
-    for _ in range(args.repeats):
-        for b in blocks:
-            plan(b)
-            rates[b].append(throughput(args.steps))
-    medians = {b: statistics.median(r) for b, r in rates.items()}
-    for b in blocks:
-        print(f"{args.arch} D={args.features} hidden={hidden} threads={args.threads} blocks={b}: "
-              f"{medians[b]:.0f} examples/s ({medians[b] / medians[blocks[0]]:.2f}x of blocks={blocks[0]})")
+    rates: dict[str, list[float]] = {s: [] for s in settings}
+    for s in settings:  # warm-up
+        throughput(s, 5)
+    for rep in range(args.repeats):
+        for s in settings[rep % len(settings):] + settings[: rep % len(settings)]:
+            rates[s].append(throughput(s, args.steps))
+    medians = {s: statistics.median(r) for s, r in rates.items()}
+    for s in settings:
+        ratios = [a / b for a, b in zip(rates[s], rates[settings[0]])]
+        print(f"{args.arch} D={args.features} hidden={hidden} threads={args.threads} {s:>5}: {medians[s]:.0f} "
+              f"examples/s ({medians[s] / medians[settings[0]]:.2f}x of {settings[0]}; per repetition "
+              f"{min(ratios):.2f}-{max(ratios):.2f})")
     return medians
 
 

@@ -109,9 +109,24 @@ class Model:
     notes: list[str] = field(default_factory=list)
 
 
-def parameter_count(module: nn.Module) -> int:
-    """Number of trainable scalars (masked-out MADE weights included: every library stores them)."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
+# (parameter, mask) attribute pairs of masked layers: the peers' MaskedLinear (nn.Linear with a
+# ``mask`` buffer) and pushforward's packed MADE storage (``packed`` with ``free``)
+_MASKED = (("weight", "mask"), ("packed", "free"))
+
+
+def parameter_count(module: nn.Module, stored: bool = False) -> int:
+    """Number of free trainable scalars: MADE weights that a mask fixes at zero are not counted,
+    whether a library stores them (every peer: dense masked matrices) or not (pushforward
+    stores only the blocks a mask uses). ``stored=True``: every stored scalar instead."""
+    total = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    if stored:
+        return total
+    for m in module.modules():
+        for weight, mask in _MASKED:
+            w, fixed = getattr(m, weight, None), getattr(m, mask, None)
+            if isinstance(w, nn.Parameter) and isinstance(fixed, torch.Tensor) and fixed.shape == w.shape:
+                total -= int((fixed == 0).sum())
+    return total
 
 
 def available(library: str) -> str | None:

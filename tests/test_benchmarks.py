@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+import pushforward as pf
 
 # benchmarks/ lives beside src/ and is not installed: make it importable under plain `pytest` too.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -103,12 +106,18 @@ def test_tanh_made_in_every_library(library):
         peers.Spec("maf", 3, activation="gelu")
 
 
-def test_made_blocks_compares_each_plan():
+def test_made_blocks_compares_each_layout_of_the_same_flow():
     from benchmarks import made_blocks
 
-    rates = made_blocks.main(["--features", "8", "--hidden", "512,512", "--blocks", "1,auto,2",
+    settings = ["dense", "1", "auto", "2"]
+    x = torch.randn(6, 8)
+    flow = pf.testing.perturb(pf.MAF(8, transforms=2, hidden_features=(512, 512)))
+    reference = flow.log_prob(x)
+    for s in settings:
+        torch.testing.assert_close(made_blocks.relayout(copy.deepcopy(flow), s).log_prob(x), reference, msg=s)
+    rates = made_blocks.main(["--features", "8", "--hidden", "512,512", "--settings", ",".join(settings),
                               "--repeats", "1", "--steps", "1", "--batch-size", "4", "--threads", "1"])
-    assert set(rates) == {1, "auto", 2} and all(r > 0 for r in rates.values())
+    assert set(rates) == set(settings) and all(r > 0 for r in rates.values())
 
 
 def test_in_place_benchmark_runs_every_case():

@@ -112,7 +112,7 @@ def test_made_needs_its_context():
         made(torch.randn(4, 3))
 
 
-# --- MaskedLinear: the block products equal the dense masked product -----------------------
+# --- MaskedLinear and the packed storage: equal to the dense masked product ----------------
 
 def staircases():
     degrees = torch.sort(1 + torch.arange(24) % 7).values
@@ -121,33 +121,88 @@ def staircases():
     yield "input-natural", degrees[:, None] >= features[None, :]
     yield "input-reversed", degrees[:, None] >= features.flip(0)[None, :]
     yield "output-reversed", features.flip(0).repeat_interleave(3)[:, None] > degrees[None, :]
+    yield "no-staircase", torch.tensor([[1, 0, 1], [1, 1, 1], [0, 1, 0]]).bool()
+
+
+def dense_reference(layer, mask, x):
+    """y = x (W * M)^T + b with W and b from ``layer`` as leaves; returns y, W, b."""
+    (weight, bias), = layer.dense()
+    weight, bias = weight.detach().requires_grad_(), bias.detach().requires_grad_()
+    return nn.functional.linear(x, weight * mask, bias), weight, bias
 
 
 @pytest.mark.parametrize("name, mask", list(staircases()), ids=[n for n, _ in staircases()])
-@pytest.mark.parametrize("blocks", [2, 3, 5])
-def test_masked_linear_blocks_equal_the_dense_product(name, mask, blocks):
-    block = perturb(MaskedLinear(mask, blocks=blocks).double())
-    assert block.blocks is not None, "a staircase mask has a block plan"
-    dense = MaskedLinear(mask, blocks=1).double()
-    dense.load_state_dict(block.state_dict())
-    assert dense.blocks is None
+@pytest.mark.parametrize("blocks", [1, 2, 3, 5])
+def test_masked_linear_equals_the_dense_masked_product(name, mask, blocks):
+    layer = perturb(MaskedLinear(mask, blocks=blocks).double())  # the noise also hits masked-out entries
     x = torch.randn(2, 5, mask.shape[1], dtype=torch.float64, requires_grad=True)
-    outputs = []
-    for layer in (block, dense):
-        y = layer(x)
-        (y * torch.linspace(-1, 1, y.numel(), dtype=torch.float64).view_as(y)).sum().backward()
-        outputs.append((y, x.grad.clone(), layer.weight.grad, layer.bias.grad))
-        x.grad = None
-    for a, b in zip(*outputs):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
-    assert outputs[0][2][mask == 0].eq(0).all(), "no gradient where the mask is zero"
+    weights = torch.linspace(-1, 1, 2 * 5 * mask.shape[0], dtype=torch.float64).view(2, 5, -1)
+    y = layer(x)
+    (y * weights).sum().backward()
+    x_grad, x.grad = x.grad.clone(), None
+    reference, weight, bias = dense_reference(layer, mask, x)
+    (reference * weights).sum().backward()
+    assert weight.detach()[~mask].eq(0).all(), "masked-out entries are stored as zeros"
+    torch.testing.assert_close(y, reference, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(x_grad, x.grad, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(layer.packed.grad, layer._layout.pack([weight.grad], [bias.grad]), rtol=1e-12, atol=1e-12)
+    assert layer.packed.grad[layer.free == 0].eq(0).all(), "no gradient where the mask is zero"
 
 
-def test_masked_linear_without_a_staircase_is_dense():
-    mask = torch.tensor([[1, 0, 1], [1, 1, 1]])
-    assert MaskedLinear(mask, blocks=2).blocks is None  # row 0 uses columns 0 and 2 only
+def test_masked_linear_block_plans():
+    def staircase(n):
+        return torch.arange(n)[:, None] >= torch.arange(n)[None, :]
+
+    assert MaskedLinear(torch.tensor([[1, 0, 1], [1, 1, 1]]), blocks=2).blocks == 1  # row 0: columns 0 and 2
+    assert [MaskedLinear(staircase(n)).blocks for n in (64, 256, 512, 1024)] == [1, 1, 4, 4]
+    wide = torch.arange(1024)[:, None] >= torch.arange(0, 1024, 16)[None, :]  # 64 inputs, 1024 outputs
+    assert MaskedLinear(wide).blocks == 1
+    layer = MaskedLinear(staircase(512), blocks=4)
+    assert layer.packed.numel() == (128 * 128 + 128 * 256 + 128 * 384 + 128 * 512) + 512, "zero blocks not stored"
     with pytest.raises(ValueError, match="blocks"):
-        MaskedLinear(mask, blocks=0)
+        MaskedLinear(staircase(4), blocks=0)
+
+
+def test_masked_out_entries_stay_zero_through_training():
+    mask = torch.sort(1 + torch.arange(24) % 7).values
+    mask = mask[:, None] >= mask[None, :]
+    layer = MaskedLinear(mask, blocks=3)
+    optimizer = torch.optim.Adam(layer.parameters(), lr=0.1, weight_decay=0.1)
+    for _ in range(3):
+        optimizer.zero_grad()
+        layer(torch.randn(8, 24)).square().sum().backward()
+        optimizer.step()
+    assert layer.packed.detach()[layer.free == 0].eq(0).all()
+    assert layer.packed.detach()[layer.free == 1].ne(0).all()
+
+
+def test_masked_linear_leaves_a_swapped_in_parameter_alone():
+    """torch.func.functional_call with detached parameters (as the STL estimator of vi.py) must
+    not write to them: their storage is the module's own."""
+    mask = torch.tensor([[1, 0], [1, 1]]).bool()
+    layer = MaskedLinear(mask)
+    with torch.no_grad():
+        layer.packed.add_(1.0)  # masked-out entry non-zero until the next forward pass
+    swapped = layer.packed.detach()
+    before, version = swapped.clone(), swapped._version
+    x = torch.randn(3, 2)
+    y = torch.func.functional_call(layer, {"packed": swapped}, (x,))
+    assert swapped._version == version and torch.equal(swapped, before)
+    torch.testing.assert_close(y, layer(x))
+
+
+def test_made_loads_a_state_dict_from_before_the_packed_storage():
+    """Checkpoints with one (weight, bias, mask) per layer, as the MADE of nn.Linear layers wrote."""
+    made = perturb(MADE(5, 2, context_features=1, hidden_features=(16, 12), order=[3, 0, 4, 1, 2]))
+    old = {"order": made.order}
+    for k, (weight, bias) in enumerate(made.dense()):
+        mask = (weight != 0).float()
+        old |= {f"network.{2 * k}.weight": weight.detach() + 5 * (1 - mask),  # junk where masked
+                f"network.{2 * k}.bias": bias.detach(), f"network.{2 * k}.mask": mask}
+    fresh = MADE(5, 2, context_features=1, hidden_features=(16, 12), order=[3, 0, 4, 1, 2])
+    fresh.load_state_dict(old)
+    x, c = torch.randn(4, 5), torch.randn(4, 1)
+    torch.testing.assert_close(fresh(x, c), made(x, c))
 
 
 # --- MaskedAutoregressive ------------------------------------------------------------------
@@ -213,15 +268,3 @@ def test_masked_autoregressive_forward_needs_all_passes():
     assert (guess - x).abs().max() > 1e-10
     guess = layer.map.forward(z, layer.made(guess))[0]
     torch.testing.assert_close(guess, x, atol=1e-12, rtol=0)
-
-
-def test_masked_linear_uses_blocks_by_default_only_for_large_layers():
-    def staircase(n):
-        return torch.arange(n)[:, None] >= torch.arange(n)[None, :]
-
-    assert MaskedLinear(staircase(64)).blocks is None
-    assert MaskedLinear(staircase(256)).blocks is None
-    assert len(MaskedLinear(staircase(512)).blocks) == 4
-    assert len(MaskedLinear(staircase(1024)).blocks) == 4
-    wide = torch.arange(1024)[:, None] >= torch.arange(0, 1024, 16)[None, :]  # 64 inputs, 1024 outputs
-    assert MaskedLinear(wide).blocks is None
