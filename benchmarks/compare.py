@@ -611,7 +611,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--transforms", type=int, default=5)
     p.add_argument("--hidden", default=None, help="hidden sizes for every architecture, e.g. 64,64")
     p.add_argument("--bins", type=int, default=8)
-    p.add_argument("--activation", choices=("relu", "tanh"), default="relu",
+    p.add_argument("--activation", choices=("tanh", "relu"), default="tanh",
                    help="the MADE's non-linearity in every library (maf, nsf-ar; torchflows' is always tanh)")
     p.add_argument("--bound", type=float, default=5.0)
     p.add_argument("--log-prob-batch", type=int, default=1000)

@@ -46,7 +46,7 @@ class DenseMADE(nn.Module):
         self.activation = made.activation
         self.linears = nn.ModuleList()
         for (weight, bias), (mask, _) in zip(made.dense(), ones.dense()):
-            linear = nn.Linear(weight.shape[1], weight.shape[0])
+            linear = nn.Linear(weight.shape[1], weight.shape[0], dtype=weight.dtype, device=weight.device)
             linear.weight.data.copy_(weight.detach())
             linear.bias.data.copy_(bias.detach())
             linear.register_buffer("mask", mask.detach().clone())
@@ -80,7 +80,7 @@ def relayout(flow: pf.Flow, setting: str) -> pf.Flow:
                 continue
             hidden = [weight.shape[0] for weight, _ in made.dense()[:-1]]
             layer.made = MADE(made.features, made.params, made.context_features, hidden, made.order,
-                              type(made.activation), blocks=int(setting))
+                              type(made.activation), blocks=int(setting)).to(made.packed)
             layer.made.load_state_dict(_per_layer_state(made))
     return flow
 

@@ -67,8 +67,9 @@ class Spec:
         hidden: hidden layer sizes of each conditioner (None: the architecture's default).
         bins: spline bins K (NSF only).
         bound: spline bound B (NSF only); identity outside [-B, B].
-        activation: "relu" or "tanh", the MADE's non-linearity (autoregressive architectures;
-            coupling conditioners keep ReLU).
+        activation: "tanh" or "relu", the MADE's non-linearity (autoregressive architectures;
+            coupling conditioners keep ReLU). tanh by default: the one every library can use
+            (torchflows' MADE is tanh only), so that the models are the same.
     """
 
     arch: str
@@ -77,7 +78,7 @@ class Spec:
     hidden: tuple[int, ...] | None = None
     bins: int = 8
     bound: float = 5.0
-    activation: str = "relu"
+    activation: str = "tanh"
 
     def __post_init__(self) -> None:
         if self.activation not in ("relu", "tanh"):

@@ -91,7 +91,7 @@ def test_tanh_made_in_every_library(library):
     """--activation tanh reaches each library's MADE (torchflows' is tanh anyway)."""
     pytest.importorskip(library)
     for arch in ("maf", "nsf-ar"):
-        relu = peers.build(library, peers.Spec(arch, 3, **TINY))
+        relu = peers.build(library, peers.Spec(arch, 3, **TINY, activation="relu"))
         tanh = peers.build(library, peers.Spec(arch, 3, **TINY, activation="tanh"))
         assert peers.parameter_count(tanh.module) == peers.parameter_count(relu.module)
         torch.manual_seed(0)
@@ -110,8 +110,8 @@ def test_made_blocks_compares_each_layout_of_the_same_flow():
     from benchmarks import made_blocks
 
     settings = ["dense", "1", "auto", "2"]
-    x = torch.randn(6, 8)
-    flow = pf.testing.perturb(pf.MAF(8, transforms=2, hidden_features=(512, 512)))
+    x = torch.randn(6, 8, dtype=torch.float64)
+    flow = pf.testing.perturb(pf.MAF(8, transforms=2, hidden_features=(512, 512)).double(), scale=0.05)
     reference = flow.log_prob(x)
     for s in settings:
         torch.testing.assert_close(made_blocks.relayout(copy.deepcopy(flow), s).log_prob(x), reference, msg=s)
