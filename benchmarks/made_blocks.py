@@ -4,7 +4,8 @@
     python -m benchmarks.made_blocks --features 784 --repeats 5        # MNIST-sized
     python -m benchmarks.made_blocks --settings 1,auto,2,4 --fused     # block plans, fused Adam
 
-Builds MAF(5 layers) (or ``--arch nsf-ar``: autoregressive NSF, 8 bins) once per setting of
+Builds MAF(5 layers) (or ``--arch nsf-ar``: autoregressive NSF, 8 bins), tanh MADEs (or
+``--activation relu``), once per setting of
 ``--settings``, from the same seed (the same function):
 
 - ``dense``: every MADE replaced by one ``nn.Linear`` with a mask buffer per layer, y =
@@ -60,13 +61,15 @@ class DenseMADE(nn.Module):
         return h.unflatten(-1, (self.features, self.params))
 
 
-def build(arch: str, features: int, hidden: tuple[int, ...], setting: str) -> pf.Flow:
+def build(arch: str, features: int, hidden: tuple[int, ...], setting: str,
+          activation: type[nn.Module] = nn.Tanh) -> pf.Flow:
     """The flow of one setting (see the module docstring), from seed 0."""
     torch.manual_seed(0)
     if arch == "maf":
-        flow = pf.MAF(features, transforms=5, hidden_features=hidden)
+        flow = pf.MAF(features, transforms=5, hidden_features=hidden, activation=activation)
     else:
-        flow = pf.NSF(features, transforms=5, hidden_features=hidden, bins=8, autoregressive=True)
+        flow = pf.NSF(features, transforms=5, hidden_features=hidden, bins=8, autoregressive=True,
+                      activation=activation)
     return relayout(flow, setting)
 
 
@@ -104,12 +107,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--activation", choices=("tanh", "relu"), default="tanh",
+                        help="the MADE's non-linearity (tanh: benchmarks.compare's default)")
     parser.add_argument("--fused", action="store_true", help="fused Adam (pushforward.fit's) instead of the default")
     args = parser.parse_args(argv)
     hidden = tuple(int(h) for h in args.hidden.split(","))
     settings = args.settings.split(",")
     torch.set_num_threads(args.threads)
-    flows = {s: build(args.arch, args.features, hidden, s) for s in settings}
+    activation = nn.Tanh if args.activation == "tanh" else nn.ReLU
+    flows = {s: build(args.arch, args.features, hidden, s, activation) for s in settings}
     optimizers = {s: torch.optim.Adam(f.parameters(), lr=1e-4, fused=args.fused or None) for s, f in flows.items()}
     x = torch.randn(max(args.steps, 5), args.batch_size, args.features)
 

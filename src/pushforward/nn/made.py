@@ -39,35 +39,38 @@ _BLOCKED_SHAPE = (512, 256)
 
 @dataclass(frozen=True)
 class _Run:
-    """Rows ``rows`` of a layer use only its columns ``columns``; their weights are stored row by
-    row at ``offset`` of the flat vector; columns from ``stair`` on hold masked-out entries."""
+    """Rows ``rows`` of a layer use only its columns ``columns``: a block of weights stored row
+    by row; its columns from ``stair`` on hold masked-out entries."""
 
     rows: slice
     columns: slice
-    offset: int
     stair: int
+    all_rows: bool  # the run covers every row (and ``columns`` every column): no slicing needed
+    all_columns: bool
 
     @property
     def shape(self) -> tuple[int, int]:
         return self.rows.stop - self.rows.start, self.columns.stop - self.columns.start
 
-    def weight(self, flat: Tensor) -> Tensor:
-        rows, columns = self.shape
-        return flat[self.offset : self.offset + rows * columns].view(rows, columns)
+    def rows_of(self, t: Tensor) -> Tensor:
+        return t if self.all_rows else t[:, self.rows]
+
+    def columns_of(self, t: Tensor) -> Tensor:
+        return t if self.all_columns else t[:, self.columns]
 
 
 @dataclass(frozen=True)
 class _Layer:
-    """One masked layer of a :class:`_Layout`: its runs and where its biases are stored."""
+    """One masked layer of a :class:`_Layout`: its runs, then its bias, from piece ``first`` on."""
 
     in_features: int
     out_features: int
     runs: tuple[_Run, ...]
-    bias: slice
+    first: int
 
 
-def _runs(mask: Tensor, blocks: int | None, offset: int) -> tuple[list[_Run], int]:
-    """The runs of one mask from ``offset`` on, and the offset after them."""
+def _runs(mask: Tensor, blocks: int | None) -> list[_Run]:
+    """The runs of one (out, in) mask."""
     out_features, in_features = mask.shape
     if blocks is None:
         blocks = 4 if out_features >= _BLOCKED_SHAPE[0] and in_features >= _BLOCKED_SHAPE[1] else 1
@@ -81,9 +84,9 @@ def _runs(mask: Tensor, blocks: int | None, offset: int) -> tuple[list[_Run], in
     for rows, columns in plan:
         partial = ~mask[rows, columns].all(0)
         stair = int(partial.nonzero()[0]) if partial.any() else columns.stop - columns.start
-        runs.append(_Run(rows, columns, offset, stair))
-        offset += (rows.stop - rows.start) * (columns.stop - columns.start)
-    return runs, offset
+        runs.append(_Run(rows, columns, stair, rows.stop - rows.start == out_features,
+                         columns.stop - columns.start == in_features))
+    return runs
 
 
 class _Layout:
@@ -93,58 +96,60 @@ class _Layout:
     columns its rows use, so that the zero blocks of the mask are neither stored, multiplied
     nor updated by the optimiser. Inside a block, the entries that the mask zeroes (all in
     the columns from the run's ``stair`` on) are stored as zeros; ``free`` is False there.
+    The vector holds, layer after layer, each run's block row by row, then the layer's bias.
     """
 
     def __init__(self, masks: Sequence[Tensor], blocks: int | None):
         self.layers: list[_Layer] = []
-        offset = 0
+        self.sizes: list[int] = []  # of the pieces: runs and biases
         free = []
         for mask in masks:
             mask = mask.bool()
-            runs, offset = _runs(mask, blocks, offset)
-            free += [mask[run.rows, run.columns].flatten() for run in runs]
-            free.append(mask.new_ones(mask.shape[0]))
-            self.layers.append(_Layer(mask.shape[1], mask.shape[0], tuple(runs),
-                                      slice(offset, offset + mask.shape[0])))
-            offset += mask.shape[0]
-        self.size = offset
+            runs = _runs(mask, blocks)
+            self.layers.append(_Layer(mask.shape[1], mask.shape[0], tuple(runs), len(self.sizes)))
+            self.sizes += [run.shape[0] * run.shape[1] for run in runs] + [mask.shape[0]]
+            free += [mask[run.rows, run.columns].flatten() for run in runs] + [mask.new_ones(mask.shape[0])]
         self.free = torch.cat(free)
+
+    def split(self, flat: Tensor) -> list[tuple[list[Tensor], Tensor]]:
+        """Per layer, the block of each run (rows, columns) and the bias, as views of ``flat``."""
+        pieces = flat.split(self.sizes)
+        return [([pieces[layer.first + j].view(run.shape) for j, run in enumerate(layer.runs)],
+                 pieces[layer.first + len(layer.runs)]) for layer in self.layers]
 
     def pack(self, weights: Sequence[Tensor], biases: Sequence[Tensor]) -> Tensor:
         """The flat vector of dense (out, in) weights and (out,) biases, masked entries zeroed."""
-        free = self.free.to(weights[0].device)
         pieces = []
         for layer, weight, bias in zip(self.layers, weights, biases):
             pieces += [weight[run.rows, run.columns].flatten() for run in layer.runs] + [bias]
-        return torch.cat(pieces) * free
+        return torch.cat(pieces) * self.free.to(weights[0].device)
 
     def unpack(self, flat: Tensor) -> list[tuple[Tensor, Tensor]]:
         """The dense (out, in) weight and (out,) bias of each layer (differentiable in ``flat``)."""
         dense = []
-        for layer in self.layers:
+        for layer, (blocks, bias) in zip(self.layers, self.split(flat)):
             weight = flat.new_zeros(layer.out_features, layer.in_features)
-            for run in layer.runs:
-                weight[run.rows, run.columns] = run.weight(flat)
-            dense.append((weight, flat[layer.bias]))
+            for run, block in zip(layer.runs, blocks):
+                weight[run.rows, run.columns] = block
+            dense.append((weight, bias))
         return dense
 
 
-def _activate(activation: nn.Module | None, y: Tensor) -> tuple[Tensor, Tensor]:
+def _activate(activation: nn.Module, y: Tensor) -> tuple[Tensor, Tensor]:
     """(h, what its gradient needs): in place for ReLU and tanh, whose gradient needs only h."""
     if isinstance(activation, nn.ReLU):
         return y.relu_(), y
     if isinstance(activation, nn.Tanh):
         return y.tanh_(), y
-    h = activation(y)
-    return h, y
+    return activation(y), y
 
 
-def _activation_grad(activation: nn.Module | None, saved: Tensor, grad: Tensor) -> Tensor:
+def _activation_grad(activation: nn.Module, saved: Tensor, grad: Tensor) -> Tensor:
     """dL/dy from dL/dh, with ``saved`` from :func:`_activate` (h for ReLU and tanh, else y)."""
     if isinstance(activation, nn.ReLU):
-        return grad * (saved > 0)
+        return torch.ops.aten.threshold_backward(grad, saved, 0)
     if isinstance(activation, nn.Tanh):
-        return grad * (1 - saved * saved)
+        return torch.ops.aten.tanh_backward(grad, saved)
     with torch.enable_grad():
         y = saved.detach().requires_grad_()
         return torch.autograd.grad(activation(y), y, grad)[0]
@@ -154,43 +159,54 @@ class _MaskedChain(torch.autograd.Function):
     """h_{l+1} = a((W_l * M_l) h_l + b_l) for the layers of a :class:`_Layout` (no ``a`` after the
     last), each run one product of its block, and the gradients of x and of the flat vector.
 
-    Shapes: x (N, in); flat (size,); free (size,); output (N, out of the last layer).
+    Shapes: x (N, in); flat (size,); output (N, out of the last layer). ``stairs``: per layer
+    and run, M's columns from the run's stair on (None if there are none), which mask the
+    weight gradient.
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, flat: Tensor, free: Tensor, layout: _Layout, activation: nn.Module | None) -> Tensor:
+    def forward(ctx, x: Tensor, flat: Tensor, layout: _Layout, activation: nn.Module | None,
+                stairs: list[list[Tensor | None]]) -> Tensor:
         h, saved = x, [x]
-        for k, layer in enumerate(layout.layers):
+        parts = layout.split(flat)
+        for k, (layer, (blocks, bias)) in enumerate(zip(layout.layers, parts)):
             y = h.new_empty(len(h), layer.out_features)
-            bias = flat[layer.bias]
-            for run in layer.runs:
-                torch.addmm(bias[run.rows], h[:, run.columns], run.weight(flat).t(), out=y[:, run.rows])
-            if k + 1 < len(layout.layers):
+            for run, block in zip(layer.runs, blocks):
+                torch.addmm(bias if run.all_rows else bias[run.rows], run.columns_of(h), block.t(), out=run.rows_of(y))
+            if k + 1 < len(parts):
                 h, kept = _activate(activation, y)
                 saved += [kept, h]
             else:
                 h = y
-        ctx.layout, ctx.activation = layout, activation
-        ctx.save_for_backward(flat, free, *saved)
+        ctx.layout, ctx.activation, ctx.stairs, ctx.parts = layout, activation, stairs, parts
+        ctx.save_for_backward(flat, *saved)  # flat: for autograd's check that it is not modified
         return h
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
-        flat, free, *saved = ctx.saved_tensors
-        layers = ctx.layout.layers
+        flat, *saved = ctx.saved_tensors
+        layout = ctx.layout
         grad_flat = torch.empty_like(flat)
-        for k in range(len(layers) - 1, -1, -1):
-            layer, h = layers[k], saved[2 * k]
-            torch.sum(grad, 0, out=grad_flat[layer.bias])
-            grad_h = torch.zeros_like(h) if k or ctx.needs_input_grad[0] else None
-            for run in layer.runs:
-                g = grad[:, run.rows]
-                grad_w = run.weight(grad_flat)
-                torch.mm(g.t(), h[:, run.columns], out=grad_w)
-                grad_w[:, run.stair :].mul_(run.weight(free)[:, run.stair :])
+        grad_parts = layout.split(grad_flat)
+        for k in range(len(grad_parts) - 1, -1, -1):
+            layer, (blocks, _), (grad_blocks, grad_bias) = layout.layers[k], ctx.parts[k], grad_parts[k]
+            h = saved[2 * k]
+            torch.sum(grad, 0, out=grad_bias)
+            grad_h = None
+            if k or ctx.needs_input_grad[0]:
+                one = len(layer.runs) == 1 and layer.runs[0].all_columns
+                grad_h = h.new_empty(h.shape) if one else torch.zeros_like(h)
+            for run, block, grad_block, stair in zip(layer.runs, blocks, grad_blocks, ctx.stairs[k]):
+                g = run.rows_of(grad)
+                torch.mm(g.t(), run.columns_of(h), out=grad_block)
+                if stair is not None:
+                    grad_block[:, run.stair :].mul_(stair)
                 if grad_h is not None:
-                    grad_h[:, run.columns].addmm_(g, run.weight(flat))
+                    if one:
+                        torch.mm(g, block, out=grad_h)
+                    else:
+                        run.columns_of(grad_h).addmm_(g, block)
             grad = _activation_grad(ctx.activation, saved[2 * k - 1], grad_h) if k else grad_h
         return grad, grad_flat, None, None, None
 
@@ -222,6 +238,7 @@ class _MaskedLayers(nn.Module):
         self.packed = nn.Parameter(self._layout.pack(weights, biases))
         self.register_buffer("free", self._layout.free.float(), persistent=False)
         self._clean_version: int | None = None
+        self._stairs: tuple[tuple[torch.dtype, torch.device], list[list[Tensor | None]]] | None = None
 
     def reset_masked_(self) -> None:
         """Zero the stored masked-out entries of ``packed`` in place."""
@@ -240,8 +257,18 @@ class _MaskedLayers(nn.Module):
             self.reset_masked_()
         return flat
 
+    def _stair_masks(self) -> list[list[Tensor | None]]:
+        """Per layer and run, the mask's columns from the run's stair on, as views of ``free``."""
+        key = (self.free.dtype, self.free.device)  # the values of ``free`` never change
+        if self._stairs is None or self._stairs[0] != key:
+            masks = [[block[:, run.stair :] if run.stair < run.shape[1] else None for run, block in zip(layer.runs, blocks)]
+                     for layer, (blocks, _) in zip(self._layout.layers, self._layout.split(self.free))]
+            self._stairs = (key, masks)
+        return self._stairs[1]
+
     def _chain(self, x: Tensor) -> Tensor:
-        y = _MaskedChain.apply(x.reshape(-1, x.shape[-1]), self._flat(), self.free, self._layout, self.activation)
+        y = _MaskedChain.apply(x.reshape(-1, x.shape[-1]), self._flat(), self._layout, self.activation,
+                               self._stair_masks())
         return y.reshape(*x.shape[:-1], y.shape[-1])
 
     def dense(self) -> list[tuple[Tensor, Tensor]]:
@@ -369,7 +396,7 @@ class MADE(_MaskedLayers):
         self.register_buffer("input_order", torch.cat([torch.arange(context_features),
                                                        context_features + torch.argsort(order)]), persistent=False)
         with torch.no_grad():  # the last layer starts at zero: the transform it conditions starts at the identity
-            self.packed[self._layout.layers[-1].runs[0].offset :].zero_()
+            self.packed[-sum(self._layout.sizes[self._layout.layers[-1].first :]) :].zero_()
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         x = cat_context(x, context, self.context_features, "MADE")
