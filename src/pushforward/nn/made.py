@@ -140,6 +140,8 @@ def _activate(activation: nn.Module, y: Tensor) -> tuple[Tensor, Tensor]:
     if isinstance(activation, nn.ReLU):
         return y.relu_(), y
     if isinstance(activation, nn.Tanh):
+        if y.device.type == "cpu":  # tanh(y) = 2 sigmoid(2y) - 1: torch's CPU tanh is ~5x slower than its sigmoid
+            return y.mul_(2).sigmoid_().mul_(2).sub_(1), y  # (float32: within 2e-7 of tanh)
         return y.tanh_(), y
     return activation(y), y
 
@@ -219,7 +221,8 @@ class _MaskedLayers(nn.Module):
     AdamW, ...). Anything else that writes to the parameter in place (an initialisation, a
     perturbation, ``load_state_dict``) raises its version counter, and the next forward pass
     zeroes those entries again; writes through ``.data`` bypass the counter: call
-    :meth:`reset_masked_` after them.
+    :meth:`reset_masked_` after them. The chain is one autograd node with a hand-written
+    backward: first derivatives only (no double backward, no ``torch.func`` transforms).
     """
 
     def __init__(self, masks: Sequence[Tensor], blocks: int | None, activation: nn.Module | None,
