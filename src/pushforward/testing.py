@@ -100,6 +100,9 @@ def _vector_examples() -> Iterator[tuple[str, Callable[[int], Transform], bool]]
     yield "normalization-batchnorm", lambda c: BatchNorm(d), False
     yield "coupling-affine", lambda c: Coupling(half, AffineMap(), c, (8,)), True
     yield "coupling-additive", lambda c: Coupling(half, AdditiveMap(), c, (8,)), True
+    # a mask whose parts are no strided slices: the layer gathers and scatters by index
+    irregular = torch.arange(d) % 3 != 1
+    yield "coupling-affine-irregular-mask", lambda c: Coupling(irregular, AffineMap(), c, (8,)), True
     yield "coupling-rq-spline", lambda c: Coupling(half, RQSpline(bins=4, bound=2.0), c, (8,)), True
     yield "autoregressive-affine", lambda c: MaskedAutoregressive(d, AffineMap(), c, (8, 8), order=[2, 0, 4, 1, 3]), True
     yield "autoregressive-affine-inverse", lambda c: Inverse(MaskedAutoregressive(d, AffineMap(), c, (8,))), True

@@ -15,6 +15,16 @@ from .elementwise import ElementwiseMap
 __all__ = ["Coupling", "alternating_mask"]
 
 
+def _selector(index: Tensor) -> slice | Tensor:
+    """``index`` (increasing) as a slice when it is an arithmetic progression: a view of the
+    features instead of a gather (2.4 ns per element on the CPU for a (1000, 32) gather)."""
+    steps = index.diff()
+    if len(index) and (len(index) == 1 or (steps[0] > 0 and (steps == steps[0]).all())):
+        step = int(steps[0]) if len(index) > 1 else 1
+        return slice(int(index[0]), int(index[-1]) + 1, step)
+    return index
+
+
 def alternating_mask(features: int, parity: int) -> Tensor:
     """Boolean mask (features,) that is True on the features whose index has the given parity."""
     return torch.arange(features) % 2 == parity
@@ -52,15 +62,23 @@ class Coupling(Transform):
         self.register_buffer("index_a", torch.nonzero(~mask).squeeze(-1))
         self.register_buffer("index_b", torch.nonzero(mask).squeeze(-1))
         self.register_buffer("unsplit", torch.argsort(torch.cat([self.index_a, self.index_b])))
+        # alternating masks and halves select by slices (views); other masks by the index buffers
+        a, b = _selector(self.index_a), _selector(self.index_b)
+        self._slices = (a, b) if isinstance(a, slice) and isinstance(b, slice) else None
         n_a, n_b = len(self.index_a), len(self.index_b)
         self.conditioner = MLP(n_a + context_features, n_b * elementwise_map.params, hidden_features, activation)
 
     def _couple(self, u: Tensor, context: Tensor | None, inverse: bool) -> tuple[Tensor, Tensor]:
-        u_a, u_b = u[..., self.index_a], u[..., self.index_b]
+        a, b = self._slices or (self.index_a, self.index_b)
+        u_a, u_b = u[..., a], u[..., b]
         inputs = cat_context(u_a, context, self.context_features, "Coupling")
         h = self.conditioner(inputs).unflatten(-1, (len(self.index_b), self.map.params))
         v_b, ladj = (self.map.inverse if inverse else self.map.forward)(u_b, h)
-        return torch.cat([u_a, v_b], dim=-1)[..., self.unsplit], ladj.sum(-1)
+        if self._slices is None:
+            return torch.cat([u_a, v_b], dim=-1)[..., self.unsplit], ladj.sum(-1)
+        v = u.new_empty(u.shape)
+        v[..., a], v[..., b] = u_a, v_b
+        return v, ladj.sum(-1)
 
     def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return self._couple(z, context, inverse=False)
