@@ -300,9 +300,9 @@ class MaskedLinear(_MaskedLayers):
     rows each) and smaller ones one: on 2 CPU threads products of fewer rows or narrow inputs
     run at a low rate (``python -m benchmarks.made_blocks --settings auto,4``: 4 blocks in every
     layer made MAFs of 8-32-32 and 16-128-128 MADEs 0.58x and 0.78x as fast; digits-sized ones
-    1.16x in one run, which a rerun on the digits data did not confirm). W and b are stored in
-    one flat parameter ``packed`` (see :class:`_MaskedLayers` for the masked-out entries kept
-    there).
+    1.16x in one run, but with that default ``--settings dense,auto`` gave 1.09x and 1.11x of
+    dense, against 1.18-1.22x with this one). W and b are stored in one flat parameter
+    ``packed`` (see :class:`_MaskedLayers` for the masked-out entries kept there).
 
     Shapes: input (*batch, in_features); mask (out_features, in_features);
     output (*batch, out_features).
@@ -355,9 +355,9 @@ class MADE(_MaskedLayers):
     :class:`MaskedLinear`; the weights and biases of all layers are one flat parameter,
     ``packed``, so that an optimiser updates one tensor per MADE, and one autograd node
     computes the whole MADE. ``python -m benchmarks.made_blocks`` measured the training step
-    of a MAF of 5 tanh MADEs of 2 x 512 units on 64 features 1.09-1.22x as fast as with one
-    dense masked weight per layer (medians of four runs; Adam as torch's default), and with
-    ReLU MADEs on 784 features (``--features 784 --activation relu``) 1.30x.
+    of a MAF of 5 tanh MADEs of 2 x 512 units on 64 features 1.18-1.22x as fast as with one
+    dense masked weight per layer (medians of three runs; torch's default Adam), and with ReLU
+    MADEs on 784 features (``--features 784 --activation relu``) 1.30x.
 
     Shapes: x (*batch, features); context (*batch, context_features);
     output (*batch, features, params) -- ``params`` parameters per feature.
