@@ -120,6 +120,12 @@ def _cumulative_knots(sizes: Tensor, bound: float) -> Tensor:
                       knots.new_full(knots.shape[:-1] + (1,), bound)], dim=-1)
 
 
+def _unit(t: Tensor) -> Tensor:
+    """``t`` clamped to [0, 1], keeping the gradient of ``t``: a bin coordinate that rounding put
+    just past a knot keeps its derivative (a plain clamp would give zero there)."""
+    return t - (t - t.clamp(0, 1)).detach()
+
+
 def _gather(t: Tensor, k: Tensor) -> Tensor:
     return torch.gather(t, -1, k.unsqueeze(-1)).squeeze(-1)
 
@@ -178,10 +184,9 @@ def rational_quadratic_spline(
         root = torch.sqrt((b.square() - 4 * a * c).clamp(min=0))
         positive = b >= 0
         xi = torch.where(positive, 2 * c, root - b) / torch.where(positive, -b - root, 2 * a)
-        # clamp away rounding beyond [0, 1] without cutting the gradient at the knots
-        xi = xi - (xi - xi.clamp(0, 1)).detach()
+        xi = _unit(xi)
     else:
-        xi = ((x - x_k) / w_k).clamp(0, 1)
+        xi = _unit((x - x_k) / w_k)
     xi1 = xi * (1 - xi)
     denominator = s + (d_1 + d_0 - 2 * s) * xi1
     log_dydx = 2 * torch.log(s) + torch.log(d_1 * xi.square() + 2 * s * xi1 + d_0 * (1 - xi).square()) \
@@ -274,8 +279,8 @@ class PiecewiseLinear(ElementwiseMap):
             _, x_k, w_k, y_k, h_k = _bin(r, *knots, inverse)
             log_slope = torch.log(h_k) - torch.log(w_k)
             if inverse:
-                return x_k + ((r - y_k) / h_k).clamp(0, 1) * w_k, -log_slope
-            return y_k + ((r - x_k) / w_k).clamp(0, 1) * h_k, log_slope
+                return x_k + _unit((r - y_k) / h_k) * w_k, -log_slope
+            return y_k + _unit((r - x_k) / w_k) * h_k, log_slope
 
         knots = self._spline(h)
         return with_identity_tails(u, self.bound, spline)
@@ -339,10 +344,10 @@ class PiecewiseQuadratic(ElementwiseMap):
             k, x_k, w_k, y_k, h_k = _bin(r, knots_x, knots_y, inverse)
             v_0, v_1 = _gather(vertices, k), _gather(vertices, k + 1)
             if inverse:
-                t = ((r - y_k) / h_k).clamp(0, 1)
-                alpha = (t * (v_0 + v_1) / (v_0 + torch.sqrt((1 - t) * v_0.square() + t * v_1.square()))).clamp(0, 1)
+                t = _unit((r - y_k) / h_k)
+                alpha = _unit(t * (v_0 + v_1) / (v_0 + torch.sqrt((1 - t) * v_0.square() + t * v_1.square())))
             else:
-                alpha = ((r - x_k) / w_k).clamp(0, 1)
+                alpha = _unit((r - x_k) / w_k)
             log_slope = torch.log(h_k / w_k) + torch.log(2 * (v_0 + (v_1 - v_0) * alpha) / (v_0 + v_1))
             if inverse:
                 return x_k + alpha * w_k, -log_slope
@@ -380,7 +385,7 @@ def cubic_spline(z: Tensor, knots_x: Tensor, knots_y: Tensor, derivatives: Tenso
     k, x_k, w_k, y_k, h_k = _bin(z, knots_x, knots_y)
     s = h_k / w_k
     d_0, d_1 = _gather(derivatives, k) / s, _gather(derivatives, k + 1) / s
-    xi = ((z - x_k) / w_k).clamp(0, 1)
+    xi = _unit((z - x_k) / w_k)
     xi1 = 1 - xi
     x = y_k + h_k * (d_0 * xi * xi1.square() + (3 - d_1) * xi.square() * xi1 + xi.pow(3))
     slope = d_0 * xi1.square() + 2 * (3 - d_0 - d_1) * xi * xi1 + d_1 * xi.square()
@@ -482,13 +487,13 @@ def linear_rational_spline(x: Tensor, knots_x: Tensor, knots_y: Tensor, derivati
     w_b, w_c = torch.sqrt(d_0 / d_1), lam * d_0 + (1 - lam) * torch.sqrt(d_0 * d_1)
     y_c = lam * w_b / ((1 - lam) + lam * w_b)
     if inverse:
-        t = ((x - y_k) / h_k).clamp(0, 1)
+        t = _unit((x - y_k) / h_k)
         t_left, t_right = torch.minimum(t, y_c), torch.maximum(t, y_c)
         xi_left = lam * t_left / (w_c * (y_c - t_left) + t_left)
         xi_right = (w_c * (t_right - y_c) + w_b * lam * (1 - t_right)) / (w_c * (t_right - y_c) + w_b * (1 - t_right))
-        xi = torch.where(t <= y_c, xi_left, xi_right).clamp(0, 1)
+        xi = _unit(torch.where(t <= y_c, xi_left, xi_right))
     else:
-        xi = ((x - x_k) / w_k).clamp(0, 1)
+        xi = _unit((x - x_k) / w_k)
     left = xi <= lam
     xi_left, xi_right = torch.minimum(xi, lam), torch.maximum(xi, lam)
     d_left = (lam - xi_left) + w_c * xi_left
