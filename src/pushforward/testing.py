@@ -133,7 +133,10 @@ def transform_examples(seed: int = 0) -> Iterator[tuple[str, Transform, tuple[in
     """
     for name, build, conditional in _vector_examples():
         for c in (0, CONTEXT) if conditional else (0,):
-            t = perturb(build(c).double(), seed=seed)
+            # seeded here: the initial weights must not depend on what used the global RNG before
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                t = perturb(build(c).double(), seed=seed)
             yield (f"{name}-context" if c else name), t.eval(), (FEATURES,), c
 
 
