@@ -268,3 +268,17 @@ def test_masked_autoregressive_forward_needs_all_passes():
     assert (guess - x).abs().max() > 1e-10
     guess = layer.map.forward(z, layer.made(guess))[0]
     torch.testing.assert_close(guess, x, atol=1e-12, rtol=0)
+
+
+def test_tanh_inside_made_matches_torch_tanh():
+    """On the CPU the MADE computes tanh as 2 sigmoid(2y) - 1, in place: within 2e-7 in float32."""
+    from pushforward.nn.made import _activate
+
+    y = torch.linspace(-20, 20, 200_001)
+    h, _ = _activate(nn.Tanh(), y.clone())
+    torch.testing.assert_close(h, torch.tanh(y), atol=2e-7, rtol=0)
+    made = perturb(MADE(4, 2, hidden_features=(16,), activation=nn.Tanh))  # the last layer starts at zero
+    x = torch.randn(8, 4)
+    (weight0, bias0), (weight1, bias1) = made.dense()
+    reference = nn.functional.linear(torch.tanh(nn.functional.linear(x, weight0, bias0)), weight1, bias1)
+    torch.testing.assert_close(made(x).flatten(-2), reference, atol=1e-6, rtol=1e-5)

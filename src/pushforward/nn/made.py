@@ -140,8 +140,8 @@ def _activate(activation: nn.Module, y: Tensor) -> tuple[Tensor, Tensor]:
     if isinstance(activation, nn.ReLU):
         return y.relu_(), y
     if isinstance(activation, nn.Tanh):
-        if y.device.type == "cpu":  # tanh(y) = 2 sigmoid(2y) - 1: torch's CPU tanh is ~5x slower than its sigmoid
-            return y.mul_(2).sigmoid_().mul_(2).sub_(1), y  # (float32: within 2e-7 of tanh)
+        if y.device.type == "cpu":  # tanh(y) = 2 sigmoid(2y) - 1: torch's CPU tanh is several times slower
+            return y.mul_(2).sigmoid_().mul_(2).sub_(1), y  # than its sigmoid; float32: within 2e-7 of tanh
         return y.tanh_(), y
     return activation(y), y
 
@@ -299,9 +299,9 @@ class MaskedLinear(_MaskedLayers):
     (``blocks=None``) layers of at least 512 outputs and 256 inputs use 4 blocks (at least 128
     rows each) and smaller ones one: on 2 CPU threads products of fewer rows or narrow inputs
     run at a low rate (``python -m benchmarks.made_blocks --settings auto,4``: 4 blocks in every
-    layer made MAFs of 8-32-32 and 16-128-128 MADEs 0.58x and 0.78x as fast; digits-sized ones
-    1.16x in one run, but with that default ``--settings dense,auto`` gave 1.09x and 1.11x of
-    dense, against 1.18-1.22x with this one). W and b are stored in one flat parameter
+    layer made MAFs of 8-32-32 and 16-128-128 MADEs 0.58x and 0.78x as fast, and for a
+    digits-sized one ``--settings dense,4`` gave 1.09x and 1.11x of dense against 1.18-1.22x
+    for ``--settings dense,auto``). W and b are stored in one flat parameter
     ``packed`` (see :class:`_MaskedLayers` for the masked-out entries kept there).
 
     Shapes: input (*batch, in_features); mask (out_features, in_features);

@@ -17,7 +17,7 @@ __all__ = ["Coupling", "alternating_mask"]
 
 def _selector(index: Tensor) -> slice | Tensor:
     """``index`` (increasing) as a slice when it is an arithmetic progression: a view of the
-    features instead of a gather (2.4 ns per element on the CPU for a (1000, 32) gather)."""
+    features instead of a gather, which is slow on the CPU along the last dimension."""
     steps = index.diff()
     if len(index) and (len(index) == 1 or (steps[0] > 0 and (steps == steps[0]).all())):
         step = int(steps[0]) if len(index) > 1 else 1
