@@ -9,7 +9,9 @@ library builds the same flow (:mod:`benchmarks.peers`; parameter counts and unav
 differences are printed), from the same seed, on the same standardised data, with the same
 batches in the same order, Adam, batch size and ``torch.set_num_threads``. Then, interleaved over
 repetitions (the libraries' order rotates from one repetition to the next, so that none always
-runs first or last):
+runs first or last) and within each repetition taken in turns -- ``--chunk`` training steps
+(default 5) or one ``log_prob`` / ``sample`` call per library per turn, so that a slow spell of
+a shared machine falls on every library alike:
 
 - training throughput: examples/s of ``steps`` steps of forward + backward + Adam step on
   -mean log_prob;
@@ -398,6 +400,7 @@ class Settings:
     memory: bool
     device: str = "cpu"
     fused_adam: bool = False
+    chunk: int = 5
 
 
 def _sample_size(settings: Settings, spec: Spec) -> int:
@@ -405,6 +408,26 @@ def _sample_size(settings: Settings, spec: Spec) -> int:
         return settings.sample_size
     # autoregressive sampling takes D passes per layer: keep its time near that of the others
     return max(8, min(1000, 6400 // spec.features)) if spec.autoregressive else 1000
+
+
+def _chunks(steps: int, chunk: int) -> list[int]:
+    """``steps`` cut into runs of at most ``chunk`` (all of it for chunk <= 0)."""
+    chunk = chunk if chunk > 0 else steps
+    return [min(chunk, steps - i) for i in range(0, steps, chunk)]
+
+
+def _round_robin(order: Sequence[str], measures: Sequence[Callable[[Runner], float]],
+                 runners: dict[str, Runner]) -> dict[str, float]:
+    """Seconds per library, summed over ``measures`` taken in turn by every library of ``order``.
+
+    Each round gives every library the same measurement before the next one starts, so that a
+    slow spell of the machine (seconds long on a shared host) falls on all of them alike.
+    """
+    total = dict.fromkeys(order, 0.0)
+    for measure in measures:
+        for library in order:
+            total[library] += measure(runners[library])
+    return total
 
 
 def benchmark(data: Data, spec: Spec, settings: Settings, log: Callable[[str], None] = print) -> dict:
@@ -449,12 +472,17 @@ def benchmark(data: Data, spec: Spec, settings: Settings, log: Callable[[str], N
             runner.log_prob_time(eval_x, 1)
             runner.sample_time(min(n_sample, 8), 1)
         names = list(runners)
+        chunks = _chunks(settings.steps, settings.chunk)
         for rep in range(settings.repeats):
-            for library in names[rep % len(names):] + names[: rep % len(names)]:
-                runner, result = runners[library], results[library]
-                result.train.append(settings.steps * settings.batch / runner.train_steps(settings.steps))
-                result.log_prob.append(settings.calls * len(eval_x) / runner.log_prob_time(eval_x, settings.calls))
-                result.sample.append(settings.calls * n_sample / runner.sample_time(n_sample, settings.calls))
+            order = names[rep % len(names):] + names[: rep % len(names)]
+            train = _round_robin(order, [lambda r, k=k: r.train_steps(k) for k in chunks], runners)
+            log_prob = _round_robin(order, [lambda r: r.log_prob_time(eval_x, 1)] * settings.calls, runners)
+            sample = _round_robin(order, [lambda r: r.sample_time(n_sample, 1)] * settings.calls, runners)
+            for library in order:
+                result = results[library]
+                result.train.append(settings.steps * settings.batch / train[library])
+                result.log_prob.append(settings.calls * len(eval_x) / log_prob[library])
+                result.sample.append(settings.calls * n_sample / sample[library])
             if bound:
                 bound_times.append(bound_run() / 3)
             log(f"  repetition {rep + 1}/{settings.repeats} done")
@@ -602,6 +630,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (default 2)")
     p.add_argument("--repeats", type=int, default=None, help="interleaved repetitions (default 5; --quick 2; 0: memory only)")
     p.add_argument("--steps", type=int, default=None, help="training steps per repetition (default 20; --quick 3)")
+    p.add_argument("--chunk", type=int, default=5,
+                   help="training steps a library takes before the next library's turn, within a repetition "
+                        "(default 5; 0: all of them at once)")
     p.add_argument("--warmup", type=int, default=None, help="untimed training steps first (default 5; --quick 1)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
@@ -650,7 +681,7 @@ def main(argv: Sequence[str] | None = None, log: Callable[[str], None] = print) 
         warmup=_pick(args.warmup, 1 if quick else 5), batch=args.batch_size, lr=args.lr,
         seed=args.seed, log_prob_batch=args.log_prob_batch, calls=_pick(args.calls, 1 if quick else 3),
         sample_size=args.sample_size, memory=not (args.no_memory or quick), device=args.device,
-        fused_adam=args.fused_adam)
+        fused_adam=args.fused_adam, chunk=args.chunk)
     hidden = tuple(int(h) for h in args.hidden.split(",")) if args.hidden else None
     versions = {name: _version(name) for name in ["torch", *libraries]}
     log(f"benchmarks.compare · {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC · "
@@ -658,8 +689,8 @@ def main(argv: Sequence[str] | None = None, log: Callable[[str], None] = print) 
         f"threads {args.threads} · device {args.device}")
     log("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
     log(f"batch {settings.batch}, {'fused ' if settings.fused_adam else ''}Adam lr {settings.lr}, seed {settings.seed}; {settings.repeats} repetitions of "
-        f"{settings.steps} steps after {settings.warmup} warm-up steps; {settings.calls} log_prob/sample call(s) "
-        f"per repetition; log_prob batch {settings.log_prob_batch}")
+        f"{settings.steps} steps (in turns of {settings.chunk or settings.steps}) after {settings.warmup} warm-up steps; "
+        f"{settings.calls} log_prob/sample call(s) per repetition, one at a time in turn; log_prob batch {settings.log_prob_batch}")
     runs = []
     for name in args.data.split(","):
         try:

@@ -12,12 +12,13 @@ Builds MAF(5 layers) (or ``--arch nsf-ar``: autoregressive NSF, 8 bins), tanh MA
   (W * M) x + b with the whole W stored and multiplied: the layout of the peer libraries and
   of pushforward before its packed storage;
 - ``1``, ``2``, ... : pushforward's MADE with that many row runs per layer (one flat parameter
-  per MADE, only the blocks a mask uses stored);
-- ``auto``: pushforward's default (4 runs for layers of at least 512 outputs and 256 inputs).
+  per MADE, only the blocks a mask uses stored); ``1-4-1``: runs per layer, input layer first;
+- ``auto``: pushforward's default (by the layer's size: see ``pushforward.nn.MaskedLinear``).
 
 then times training steps (forward, backward, Adam step as ``benchmarks.compare`` does it, or
-``--fused``; batch 128, random data), the settings interleaved over the repetitions. Prints
-the median examples/s of each and its ratio to the first setting.
+``--fused``; batch 128, random data), the settings in turns of ``--chunk`` steps within each
+repetition and in a rotating order over the repetitions. Prints the median examples/s of each
+and its ratio to the first setting.
 """
 
 from __future__ import annotations
@@ -82,8 +83,9 @@ def relayout(flow: pf.Flow, setting: str) -> pf.Flow:
                 layer.made = DenseMADE(made)
                 continue
             hidden = [weight.shape[0] for weight, _ in made.dense()[:-1]]
+            blocks = [int(b) for b in setting.split("-")] if "-" in setting else int(setting)
             layer.made = MADE(made.features, made.params, made.context_features, hidden, made.order,
-                              type(made.activation), blocks=int(setting)).to(made.packed)
+                              type(made.activation), blocks=blocks).to(made.packed)
             layer.made.load_state_dict(_per_layer_state(made))
     return flow
 
@@ -106,6 +108,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--chunk", type=int, default=5, help="steps per setting per turn (0: all steps at once)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--activation", choices=("tanh", "relu"), default="tanh",
                         help="the MADE's non-linearity (tanh: benchmarks.compare's default)")
@@ -117,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     activation = nn.Tanh if args.activation == "tanh" else nn.ReLU
     flows = {s: build(args.arch, args.features, hidden, s, activation) for s in settings}
     optimizers = {s: torch.optim.Adam(f.parameters(), lr=1e-4, fused=args.fused or None) for s, f in flows.items()}
-    x = torch.randn(max(args.steps, 5), args.batch_size, args.features)
+    x = torch.randn(max(args.steps, 5), args.batch_size, args.features)  # steps of a turn reuse its first batches
 
     def throughput(setting: str, steps: int) -> float:
         flow, optimizer = flows[setting], optimizers[setting]
@@ -132,9 +135,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     rates: dict[str, list[float]] = {s: [] for s in settings}
     for s in settings:  # warm-up
         throughput(s, 5)
+    chunk = args.chunk if args.chunk > 0 else args.steps
     for rep in range(args.repeats):
-        for s in settings[rep % len(settings):] + settings[: rep % len(settings)]:
-            rates[s].append(throughput(s, args.steps))
+        order = settings[rep % len(settings):] + settings[: rep % len(settings)]
+        seconds = dict.fromkeys(order, 0.0)
+        for done in range(0, args.steps, chunk):
+            for s in order:
+                k = min(chunk, args.steps - done)
+                seconds[s] += k * args.batch_size / throughput(s, k)
+        for s in order:
+            rates[s].append(args.steps * args.batch_size / seconds[s])
     medians = {s: statistics.median(r) for s, r in rates.items()}
     for s in settings:
         ratios = [a / b for a, b in zip(rates[s], rates[settings[0]])]

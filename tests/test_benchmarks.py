@@ -46,6 +46,25 @@ def test_batch_plan_is_shared_and_sized():
     assert all(torch.equal(i, j) for i, j in zip(a, b))
 
 
+def test_steps_are_taken_in_turns():
+    """Every library takes each turn before the next turn starts; the seconds add up per library."""
+    assert compare._chunks(12, 5) == [5, 5, 2] and compare._chunks(12, 0) == [12]
+    calls = []
+
+    class Clock:
+        def __init__(self, name):
+            self.name = name
+
+        def train_steps(self, k):
+            calls.append((self.name, k))
+            return 0.5 * k
+
+    runners = {name: Clock(name) for name in ("a", "b")}
+    total = compare._round_robin(["b", "a"], [lambda r, k=k: r.train_steps(k) for k in (5, 2)], runners)
+    assert calls == [("b", 5), ("a", 5), ("b", 2), ("a", 2)]
+    assert total == {"b": 3.5, "a": 3.5}
+
+
 def test_quick_run_of_pushforward_alone():
     lines: list[str] = []
     runs = compare.main(["--quick", "--libraries", "pushforward", "--data", "toy", "--arch", "maf,nsf-coupling",
@@ -109,7 +128,7 @@ def test_tanh_made_in_every_library(library):
 def test_made_blocks_compares_each_layout_of_the_same_flow():
     from benchmarks import made_blocks
 
-    settings = ["dense", "1", "auto", "2"]
+    settings = ["dense", "1", "auto", "2", "2-4-1"]
     x = torch.randn(6, 8, dtype=torch.float64)
     flow = pf.testing.perturb(pf.MAF(8, transforms=2, hidden_features=(512, 512)).double(), scale=0.05)
     reference = flow.log_prob(x)

@@ -149,14 +149,30 @@ def test_masked_linear_equals_the_dense_masked_product(name, mask, blocks):
     assert layer.packed.grad[layer.free == 0].eq(0).all(), "no gradient where the mask is zero"
 
 
+def test_made_blocks_per_layer():
+    made = perturb(MADE(64, 2, hidden_features=(512, 512), blocks=[2, 4, None]), scale=0.1)
+    assert [len(layer.runs) for layer in made._layout.layers] == [2, 4, 2]
+    reference = MADE(64, 2, hidden_features=(512, 512), blocks=1)
+    state = {"order": made.order}
+    for k, (weight, bias) in enumerate(made.dense()):
+        state |= {f"network.{2 * k}.weight": weight.detach(), f"network.{2 * k}.bias": bias.detach()}
+    reference.load_state_dict(state)
+    x = torch.randn(3, 64)
+    torch.testing.assert_close(made(x), reference(x))
+    with pytest.raises(ValueError, match="blocks gives 2 layers"):
+        MADE(64, 2, hidden_features=(512, 512), blocks=[2, 4])
+
+
 def test_masked_linear_block_plans():
     def staircase(n):
         return torch.arange(n)[:, None] >= torch.arange(n)[None, :]
 
     assert MaskedLinear(torch.tensor([[1, 0, 1], [1, 1, 1]]), blocks=2).blocks == 1  # row 0: columns 0 and 2
-    assert [MaskedLinear(staircase(n)).blocks for n in (64, 256, 512, 1024)] == [1, 1, 4, 4]
+    assert [MaskedLinear(staircase(n)).blocks for n in (64, 128, 256, 512, 1024)] == [1, 1, 2, 4, 4]
     wide = torch.arange(1024)[:, None] >= torch.arange(0, 1024, 16)[None, :]  # 64 inputs, 1024 outputs
-    assert MaskedLinear(wide).blocks == 1
+    assert MaskedLinear(wide).blocks == 2
+    narrow = torch.arange(0, 512, 4)[:, None] > torch.arange(512)[None, :]  # a MADE's output layer: 128 x 512
+    assert MaskedLinear(narrow).blocks == 2 and MaskedLinear(narrow[:64]).blocks == 1
     layer = MaskedLinear(staircase(512), blocks=4)
     assert layer.packed.numel() == (128 * 128 + 128 * 256 + 128 * 384 + 128 * 512) + 512, "zero blocks not stored"
     with pytest.raises(ValueError, match="blocks"):

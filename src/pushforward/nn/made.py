@@ -32,9 +32,13 @@ def _block_plan(mask: Tensor, blocks: int) -> list[tuple[slice, slice]] | None:
     return plan if covered < mask.numel() else None
 
 
-# By default, layers with at least this many outputs and inputs use 4 blocks: block products of
-# fewer than 128 rows or on narrow inputs run at a low rate on the CPU (benchmarks/made_blocks.py).
-_BLOCKED_SHAPE = (512, 256)
+def _default_blocks(out_features: int, in_features: int) -> int:
+    """4 runs for layers of at least 512 outputs and 256 inputs, 2 for those of at least 128
+    outputs and 2^15 weights, else 1: on the CPU, block products of fewer than 64 rows, or of
+    128 rows on narrow inputs, run at a low rate (``benchmarks/made_blocks.py``)."""
+    if out_features >= 512 and in_features >= 256:
+        return 4
+    return 2 if out_features >= 128 and out_features * in_features >= 2**15 else 1
 
 
 @dataclass(frozen=True)
@@ -73,7 +77,7 @@ def _runs(mask: Tensor, blocks: int | None) -> list[_Run]:
     """The runs of one (out, in) mask."""
     out_features, in_features = mask.shape
     if blocks is None:
-        blocks = 4 if out_features >= _BLOCKED_SHAPE[0] and in_features >= _BLOCKED_SHAPE[1] else 1
+        blocks = _default_blocks(out_features, in_features)
     if blocks < 1:
         raise ValueError(f"blocks must be at least 1, got {blocks}")
     plan = _block_plan(mask, blocks) if blocks > 1 else None
@@ -99,13 +103,16 @@ class _Layout:
     The vector holds, layer after layer, each run's block row by row, then the layer's bias.
     """
 
-    def __init__(self, masks: Sequence[Tensor], blocks: int | None):
+    def __init__(self, masks: Sequence[Tensor], blocks: int | Sequence[int | None] | None):
         self.layers: list[_Layer] = []
         self.sizes: list[int] = []  # of the pieces: runs and biases
         free = []
-        for mask in masks:
+        per_layer = list(blocks) if isinstance(blocks, Sequence) else [blocks] * len(masks)
+        if len(per_layer) != len(masks):
+            raise ValueError(f"blocks gives {len(per_layer)} layers' runs, the chain has {len(masks)} layers")
+        for mask, layer_blocks in zip(masks, per_layer):
             mask = mask.bool()
-            runs = _runs(mask, blocks)
+            runs = _runs(mask, layer_blocks)
             self.layers.append(_Layer(mask.shape[1], mask.shape[0], tuple(runs), len(self.sizes)))
             self.sizes += [run.shape[0] * run.shape[1] for run in runs] + [mask.shape[0]]
             free += [mask[run.rows, run.columns].flatten() for run in runs] + [mask.new_ones(mask.shape[0])]
@@ -225,7 +232,7 @@ class _MaskedLayers(nn.Module):
     backward: first derivatives only (no double backward, no ``torch.func`` transforms).
     """
 
-    def __init__(self, masks: Sequence[Tensor], blocks: int | None, activation: nn.Module | None,
+    def __init__(self, masks: Sequence[Tensor], blocks: int | Sequence[int | None] | None, activation: nn.Module | None,
                  legacy: Sequence[str]):
         super().__init__()
         self._legacy = legacy  # per layer, the key prefix of its weight, bias and mask before packing
@@ -297,11 +304,12 @@ class MaskedLinear(_MaskedLayers):
     for degrees spread evenly about (blocks + 1) / (2 blocks) of W (0.625 for 4 blocks),
     forward, backward and optimiser step. Otherwise one run of the columns M uses. By default
     (``blocks=None``) layers of at least 512 outputs and 256 inputs use 4 blocks (at least 128
-    rows each) and smaller ones one: on 2 CPU threads products of fewer rows or narrow inputs
-    run at a low rate (``python -m benchmarks.made_blocks --settings auto,4``: 4 blocks in every
-    layer made MAFs of 8-32-32 and 16-128-128 MADEs 0.58x and 0.78x as fast, and for a
-    digits-sized one ``--settings dense,4`` gave 1.09x and 1.11x of dense against 1.18-1.22x
-    for ``--settings dense,auto``). W and b are stored in one flat parameter
+    rows each), layers of at least 128 outputs and 2^15 weights 2 (a digits MADE's 64 -> 512
+    input and 512 -> 128 output layers, a 2 x 256 MADE's square layer), smaller ones one: on 2
+    CPU threads products of fewer rows or narrow inputs run at a low rate (``python -m
+    benchmarks.made_blocks --settings auto,4``: 4 blocks in every layer made MAFs of 8-32-32 and
+    16-128-128 MADEs 0.58x and 0.78x as fast; for a digits-sized MAF see
+    ``--settings 1-4-1,auto,dense``). W and b are stored in one flat parameter
     ``packed`` (see :class:`_MaskedLayers` for the masked-out entries kept there).
 
     Shapes: input (*batch, in_features); mask (out_features, in_features);
@@ -309,8 +317,7 @@ class MaskedLinear(_MaskedLayers):
 
     Args:
         mask: the binary mask M.
-        blocks: the number of row runs (1: one run; None: 4 for layers of at least 512
-            outputs and 256 inputs, else 1).
+        blocks: the number of row runs (1: one run; None: by the layer's size, as above).
 
     Raises:
         ValueError: if blocks < 1.
@@ -354,10 +361,12 @@ class MADE(_MaskedLayers):
     staircase of which only the non-zero blocks are stored and multiplied, as in
     :class:`MaskedLinear`; the weights and biases of all layers are one flat parameter,
     ``packed``, so that an optimiser updates one tensor per MADE, and one autograd node
-    computes the whole MADE. ``python -m benchmarks.made_blocks`` measured the training step
-    of a MAF of 5 tanh MADEs of 2 x 512 units on 64 features 1.18-1.22x as fast as with one
-    dense masked weight per layer (medians of three runs; torch's default Adam), and with ReLU
-    MADEs on 784 features (``--features 784 --activation relu``) 1.30x.
+    computes the whole MADE. ``python -m benchmarks.made_blocks --settings 1-4-1,auto,dense
+    --repeats 9`` measured the training step of a MAF of 5 tanh MADEs of 2 x 512 units on 64
+    features with one dense masked weight per layer at 0.82x (twice) of that with 1, 4 and 1
+    runs, and the default (2, 4 and 2 runs) at 0.99x and 1.04x of it (``--settings
+    1-4-1,auto --repeats 21``: 1.05x; torch's default Adam); with ReLU MADEs on 784 features
+    (``--features 784 --activation relu --settings dense,auto``) 1.30x of dense.
 
     Shapes: x (*batch, features); context (*batch, context_features);
     output (*batch, features, params) -- ``params`` parameters per feature.
@@ -374,15 +383,17 @@ class MADE(_MaskedLayers):
             (default: natural order).
         activation: the non-linearity class.
         blocks: row runs of each layer, as in :class:`MaskedLinear` (1: one product per
-            layer; None: its size-based default).
+            layer; None: its size-based default), or a sequence of those, one per layer
+            (the hidden layers, then the output layer).
 
     Raises:
-        ValueError: if ``order`` is not a permutation of range(features).
+        ValueError: if ``order`` is not a permutation of range(features), or ``blocks`` is a
+            sequence of another length than the layers.
     """
 
     def __init__(self, features: int, params: int, context_features: int = 0,
                  hidden_features: Sequence[int] = (64, 64), order: Sequence[int] | None = None,
-                 activation: type[nn.Module] = nn.ReLU, blocks: int | None = None):
+                 activation: type[nn.Module] = nn.ReLU, blocks: int | Sequence[int | None] | None = None):
         order = torch.arange(features) if order is None else torch.as_tensor(order)
         if sorted(order.tolist()) != list(range(features)):
             raise ValueError(f"MADE order must be a permutation of range({features}), got {order.tolist()}")
