@@ -44,11 +44,10 @@ def _default_blocks(out_features: int, in_features: int) -> int:
 @dataclass(frozen=True)
 class _Run:
     """Rows ``rows`` of a layer use only its columns ``columns``: a block of weights stored row
-    by row; its columns from ``stair`` on hold masked-out entries."""
+    by row."""
 
     rows: slice
     columns: slice
-    stair: int
     all_rows: bool  # the run covers every row (and ``columns`` every column): no slicing needed
     all_columns: bool
 
@@ -84,13 +83,8 @@ def _runs(mask: Tensor, blocks: int | None) -> list[_Run]:
     if plan is None:  # one run over the columns used at all
         used = mask.any(0).nonzero().flatten()
         plan = [(slice(0, out_features), slice(int(used[0]), int(used[-1]) + 1) if len(used) else slice(0, 0))]
-    runs = []
-    for rows, columns in plan:
-        partial = ~mask[rows, columns].all(0)
-        stair = int(partial.nonzero()[0]) if partial.any() else columns.stop - columns.start
-        runs.append(_Run(rows, columns, stair, rows.stop - rows.start == out_features,
-                         columns.stop - columns.start == in_features))
-    return runs
+    return [_Run(rows, columns, rows.stop - rows.start == out_features, columns.stop - columns.start == in_features)
+            for rows, columns in plan]
 
 
 class _Layout:
@@ -99,7 +93,7 @@ class _Layout:
     Each layer's rows are cut into runs (:func:`_block_plan`); a run stores only the block of
     columns its rows use, so that the zero blocks of the mask are neither stored, multiplied
     nor updated by the optimiser. Inside a block, the entries that the mask zeroes (all in
-    the columns from the run's ``stair`` on) are stored as zeros; ``free`` is False there.
+    the staircase of its last columns) are stored as zeros; ``free`` is False there.
     The vector holds, layer after layer, each run's block row by row, then the layer's bias.
     """
 
@@ -168,14 +162,15 @@ class _MaskedChain(torch.autograd.Function):
     """h_{l+1} = a((W_l * M_l) h_l + b_l) for the layers of a :class:`_Layout` (no ``a`` after the
     last), each run one product of its block, and the gradients of x and of the flat vector.
 
-    Shapes: x (N, in); flat (size,); output (N, out of the last layer). ``stairs``: per layer
-    and run, M's columns from the run's stair on (None if there are none), which mask the
-    weight gradient.
+    Shapes: x (N, in); flat (size,); free (size,): 1 where ``flat`` holds a weight the mask
+    keeps or a bias, 0 where it holds a masked-out zero (whose gradient is then zeroed, in one
+    pass over the whole gradient: cheaper than masking the runs' blocks one by one);
+    output (N, out of the last layer).
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, flat: Tensor, layout: _Layout, activation: nn.Module | None,
-                stairs: list[list[Tensor | None]]) -> Tensor:
+                free: Tensor) -> Tensor:
         h, saved = x, [x]
         parts = layout.split(flat)
         for k, (layer, (blocks, bias)) in enumerate(zip(layout.layers, parts)):
@@ -187,7 +182,7 @@ class _MaskedChain(torch.autograd.Function):
                 saved += [kept, h]
             else:
                 h = y
-        ctx.layout, ctx.activation, ctx.stairs, ctx.parts = layout, activation, stairs, parts
+        ctx.layout, ctx.activation, ctx.free, ctx.parts = layout, activation, free, parts
         ctx.save_for_backward(flat, *saved)  # flat: for autograd's check that it is not modified
         return h
 
@@ -206,18 +201,16 @@ class _MaskedChain(torch.autograd.Function):
             if k or ctx.needs_input_grad[0]:
                 one = len(layer.runs) == 1 and layer.runs[0].all_columns
                 grad_h = h.new_empty(h.shape) if one else torch.zeros_like(h)
-            for run, block, grad_block, stair in zip(layer.runs, blocks, grad_blocks, ctx.stairs[k]):
+            for run, block, grad_block in zip(layer.runs, blocks, grad_blocks):
                 g = run.rows_of(grad)
                 torch.mm(g.t(), run.columns_of(h), out=grad_block)
-                if stair is not None:
-                    grad_block[:, run.stair :].mul_(stair)
                 if grad_h is not None:
                     if one:
                         torch.mm(g, block, out=grad_h)
                     else:
                         run.columns_of(grad_h).addmm_(g, block)
             grad = _activation_grad(ctx.activation, saved[2 * k - 1], grad_h) if k else grad_h
-        return grad, grad_flat, None, None, None
+        return grad, grad_flat.mul_(ctx.free), None, None, None
 
 
 class _MaskedLayers(nn.Module):
@@ -248,7 +241,6 @@ class _MaskedLayers(nn.Module):
         self.packed = nn.Parameter(self._layout.pack(weights, biases))
         self.register_buffer("free", self._layout.free.float(), persistent=False)
         self._clean_version: int | None = None
-        self._stairs: tuple[tuple[torch.dtype, torch.device], list[list[Tensor | None]]] | None = None
 
     def reset_masked_(self) -> None:
         """Zero the stored masked-out entries of ``packed`` in place."""
@@ -267,18 +259,9 @@ class _MaskedLayers(nn.Module):
             self.reset_masked_()
         return flat
 
-    def _stair_masks(self) -> list[list[Tensor | None]]:
-        """Per layer and run, the mask's columns from the run's stair on, as views of ``free``."""
-        key = (self.free.dtype, self.free.device)  # the values of ``free`` never change
-        if self._stairs is None or self._stairs[0] != key:
-            masks = [[block[:, run.stair :] if run.stair < run.shape[1] else None for run, block in zip(layer.runs, blocks)]
-                     for layer, (blocks, _) in zip(self._layout.layers, self._layout.split(self.free))]
-            self._stairs = (key, masks)
-        return self._stairs[1]
-
     def _chain(self, x: Tensor) -> Tensor:
         y = _MaskedChain.apply(x.reshape(-1, x.shape[-1]), self._flat(), self._layout, self.activation,
-                               self._stair_masks())
+                               self.free)
         return y.reshape(*x.shape[:-1], y.shape[-1])
 
     def dense(self) -> list[tuple[Tensor, Tensor]]:
