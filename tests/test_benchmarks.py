@@ -139,6 +139,14 @@ def test_made_blocks_compares_each_layout_of_the_same_flow():
     assert set(rates) == set(settings) and all(r > 0 for r in rates.values())
 
 
+def test_phases_of_a_training_step():
+    from benchmarks import phases
+
+    result = phases.measure(["pushforward"], "maf", data="toy", rounds=1, steps=1, batch=8)
+    forward, backward, step = result["pushforward"]
+    assert forward > 0 and backward > 0 and step > 0
+
+
 def test_in_place_benchmark_runs_every_case():
     from benchmarks import in_place
 
