@@ -576,6 +576,25 @@ def test_fit_resumed_with_nothing_left_restores_the_best_weights(moons, monkeypa
     assert pf.evaluate(fresh, valid).mean == pytest.approx(first.best_valid, rel=1e-6, abs=1e-6)
 
 
+def test_fit_resumes_a_checkpoint_whose_optimiser_state_does_not_match(moons, monkeypatch, tmp_path):
+    """A checkpoint from before MADE's packed storage holds one Adam state per MADE layer: the
+    weights and history resume, Adam starts afresh, with a warning."""
+    train, valid = moons
+    path = tmp_path / "checkpoint.pt"
+    flow = small_maf()
+    monkeypatch.setattr(flow, "log_prob", InterruptOnCall(flow.log_prob, 10))
+    first = fit_catching_interrupts(flow, train, valid, epochs=5, batch_size=500, checkpoint=path, progress=False)
+    monkeypatch.undo()
+    state = torch.load(path, weights_only=True)
+    layers = [torch.nn.Linear(2, 2) for _ in range(3)]
+    state["optimizer"] = torch.optim.Adam([p for layer in layers for p in layer.parameters()]).state_dict()
+    torch.save(state, path)
+    with pytest.warns(UserWarning, match="fresh Adam state"):
+        resumed = pf.fit(flow, train, valid, epochs=len(first.history) + 1, batch_size=500, checkpoint=path,
+                         resume=True, progress=False)
+    assert [h["epoch"] for h in resumed.history] == list(range(1, len(first.history) + 2))
+
+
 def test_fit_interrupted_in_the_first_epoch(moons, monkeypatch, tmp_path):
     train, valid = moons
     path = tmp_path / "checkpoint.pt"

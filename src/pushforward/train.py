@@ -15,6 +15,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -232,7 +233,11 @@ def fit(
             raise FileNotFoundError(f"no checkpoint to resume from: {checkpoint}")
         state = torch.load(checkpoint, map_location=device, weights_only=True)
         flow.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except ValueError as error:  # e.g. one tensor per MADE layer, from before MADE's packed storage
+            warnings.warn(f"resuming {checkpoint} with a fresh Adam state: the checkpoint's optimiser state does "
+                          f"not match the flow's parameters ({error}); the weights and the history are resumed")
         if scheduler is not None and state.get("scheduler"):
             scheduler.load_state_dict(state["scheduler"])
         best_state, start_epoch = state["best_model"], state["epoch"]
