@@ -506,6 +506,15 @@ def fit_catching_interrupts(*args, **kwargs) -> pf.FitResult:
         pytest.fail("fit let the KeyboardInterrupt through")
 
 
+def interrupted_fit(flow, moons, monkeypatch, path, call: int) -> pf.FitResult:
+    """fit(epochs=5, batch 500) of ``flow`` on the moons, interrupted at its ``call``-th log_prob."""
+    train, valid = moons
+    monkeypatch.setattr(flow, "log_prob", InterruptOnCall(flow.log_prob, call))
+    result = fit_catching_interrupts(flow, train, valid, epochs=5, batch_size=500, checkpoint=path, progress=False)
+    monkeypatch.undo()
+    return result
+
+
 def test_fit_interrupted_writes_a_checkpoint_and_resumes(moons, monkeypatch, tmp_path):
     train, valid = moons
     path = tmp_path / "run" / "checkpoint.pt"
@@ -565,10 +574,7 @@ def test_fit_interrupted_between_epochs_then_resumed_equals_an_uninterrupted_run
 def test_fit_resumed_with_nothing_left_restores_the_best_weights(moons, monkeypatch, tmp_path):
     train, valid = moons
     path = tmp_path / "checkpoint.pt"
-    flow = small_maf()
-    monkeypatch.setattr(flow, "log_prob", InterruptOnCall(flow.log_prob, 10))
-    first = fit_catching_interrupts(flow, train, valid, epochs=5, batch_size=500, checkpoint=path, progress=False)
-    monkeypatch.undo()
+    first = interrupted_fit(small_maf(), moons, monkeypatch, path, call=10)
     assert first.stopped == "interrupted"
     fresh = small_maf(seed=1)
     result = pf.fit(fresh, train, valid, epochs=1, batch_size=500, checkpoint=path, resume=True, progress=False)
@@ -582,9 +588,7 @@ def test_fit_resumes_a_checkpoint_whose_optimiser_state_does_not_match(moons, mo
     train, valid = moons
     path = tmp_path / "checkpoint.pt"
     flow = small_maf()
-    monkeypatch.setattr(flow, "log_prob", InterruptOnCall(flow.log_prob, 10))
-    first = fit_catching_interrupts(flow, train, valid, epochs=5, batch_size=500, checkpoint=path, progress=False)
-    monkeypatch.undo()
+    first = interrupted_fit(flow, moons, monkeypatch, path, call=10)
     state = torch.load(path, weights_only=True)
     layers = [torch.nn.Linear(2, 2) for _ in range(3)]
     state["optimizer"] = torch.optim.Adam([p for layer in layers for p in layer.parameters()]).state_dict()
@@ -599,9 +603,7 @@ def test_fit_interrupted_in_the_first_epoch(moons, monkeypatch, tmp_path):
     train, valid = moons
     path = tmp_path / "checkpoint.pt"
     flow = small_maf()
-    monkeypatch.setattr(flow, "log_prob", InterruptOnCall(flow.log_prob, 2))
-    first = fit_catching_interrupts(flow, train, valid, epochs=5, batch_size=500, checkpoint=path, progress=False)
-    monkeypatch.undo()
+    first = interrupted_fit(flow, moons, monkeypatch, path, call=2)
     assert first.stopped == "interrupted" and first.history == []
     resumed = pf.fit(flow, train, valid, epochs=2, batch_size=500, checkpoint=path, resume=True, progress=False)
     assert [h["epoch"] for h in resumed.history] == [1, 2]
