@@ -51,17 +51,20 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from .peers import ARCHITECTURES, LIBRARIES, Model, Spec, Unsupported, available, build, parameter_count
 
-__all__ = ["Data", "load_data", "batch_plan", "matmul_products", "dense_bound", "measure_memory",
+__all__ = ["Data", "load_data", "batch_plan", "chunks", "round_robin", "matmul_products", "dense_bound", "measure_memory",
            "benchmark", "report", "markdown", "main"]
+
+T = TypeVar("T")
 
 DEFAULT_MNIST_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist"
 
@@ -410,15 +413,16 @@ def _sample_size(settings: Settings, spec: Spec) -> int:
     return max(8, min(1000, 6400 // spec.features)) if spec.autoregressive else 1000
 
 
-def _chunks(steps: int, chunk: int) -> list[int]:
+def chunks(steps: int, chunk: int) -> list[int]:
     """``steps`` cut into runs of at most ``chunk`` (all of it for chunk <= 0)."""
     chunk = chunk if chunk > 0 else steps
     return [min(chunk, steps - i) for i in range(0, steps, chunk)]
 
 
-def _round_robin(order: Sequence[str], measures: Sequence[Callable[[Runner], float]],
-                 runners: dict[str, Runner]) -> dict[str, float]:
-    """Seconds per library, summed over ``measures`` taken in turn by every library of ``order``.
+def round_robin(order: Sequence[str], measures: Sequence[Callable[[T], float]],
+                runners: Mapping[str, T]) -> dict[str, float]:
+    """Seconds per library (or setting), summed over ``measures`` taken in turn by every one of
+    ``order``, ``runners`` giving what each measure is applied to.
 
     Each round gives every library the same measurement before the next one starts, so that a
     slow spell of the machine (seconds long on a shared host) falls on all of them alike.
@@ -472,12 +476,12 @@ def benchmark(data: Data, spec: Spec, settings: Settings, log: Callable[[str], N
             runner.log_prob_time(eval_x, 1)
             runner.sample_time(min(n_sample, 8), 1)
         names = list(runners)
-        chunks = _chunks(settings.steps, settings.chunk)
+        turns = chunks(settings.steps, settings.chunk)
         for rep in range(settings.repeats):
             order = names[rep % len(names):] + names[: rep % len(names)]
-            train = _round_robin(order, [lambda r, k=k: r.train_steps(k) for k in chunks], runners)
-            log_prob = _round_robin(order, [lambda r: r.log_prob_time(eval_x, 1)] * settings.calls, runners)
-            sample = _round_robin(order, [lambda r: r.sample_time(n_sample, 1)] * settings.calls, runners)
+            train = round_robin(order, [lambda r, k=k: r.train_steps(k) for k in turns], runners)
+            log_prob = round_robin(order, [lambda r: r.log_prob_time(eval_x, 1)] * settings.calls, runners)
+            sample = round_robin(order, [lambda r: r.sample_time(n_sample, 1)] * settings.calls, runners)
             for library in order:
                 result = results[library]
                 result.train.append(settings.steps * settings.batch / train[library])

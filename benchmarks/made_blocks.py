@@ -35,6 +35,8 @@ import pushforward as pf
 from pushforward.nn import MADE, cat_context
 from pushforward.transforms import MaskedAutoregressive
 
+from .compare import chunks, round_robin
+
 
 class DenseMADE(nn.Module):
     """The function of a :class:`MADE` with one dense masked ``nn.Linear`` per layer."""
@@ -120,9 +122,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     activation = nn.Tanh if args.activation == "tanh" else nn.ReLU
     flows = {s: build(args.arch, args.features, hidden, s, activation) for s in settings}
     optimizers = {s: torch.optim.Adam(f.parameters(), lr=1e-4, fused=args.fused or None) for s, f in flows.items()}
-    x = torch.randn(max(args.steps, 5), args.batch_size, args.features)  # steps of a turn reuse its first batches
+    turns = chunks(args.steps, args.chunk)
+    x = torch.randn(max(*turns, 5), args.batch_size, args.features)  # every turn takes its batches from the first
 
-    def throughput(setting: str, steps: int) -> float:
+    def seconds(setting: str, steps: int) -> float:
         flow, optimizer = flows[setting], optimizers[setting]
         start = time.perf_counter()
         for i in range(steps):
@@ -130,21 +133,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-        return steps * args.batch_size / (time.perf_counter() - start)
+        return time.perf_counter() - start
 
     rates: dict[str, list[float]] = {s: [] for s in settings}
     for s in settings:  # warm-up
-        throughput(s, 5)
-    chunk = args.chunk if args.chunk > 0 else args.steps
+        seconds(s, 5)
     for rep in range(args.repeats):
         order = settings[rep % len(settings):] + settings[: rep % len(settings)]
-        seconds = dict.fromkeys(order, 0.0)
-        for done in range(0, args.steps, chunk):
-            for s in order:
-                k = min(chunk, args.steps - done)
-                seconds[s] += k * args.batch_size / throughput(s, k)
+        total = round_robin(order, [lambda s, k=k: seconds(s, k) for k in turns], {s: s for s in settings})
         for s in order:
-            rates[s].append(args.steps * args.batch_size / seconds[s])
+            rates[s].append(args.steps * args.batch_size / total[s])
     medians = {s: statistics.median(r) for s, r in rates.items()}
     for s in settings:
         ratios = [a / b for a, b in zip(rates[s], rates[settings[0]])]

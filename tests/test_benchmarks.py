@@ -48,7 +48,7 @@ def test_batch_plan_is_shared_and_sized():
 
 def test_steps_are_taken_in_turns():
     """Every library takes each turn before the next turn starts; the seconds add up per library."""
-    assert compare._chunks(12, 5) == [5, 5, 2] and compare._chunks(12, 0) == [12]
+    assert compare.chunks(12, 5) == [5, 5, 2] and compare.chunks(12, 0) == [12]
     calls = []
 
     class Clock:
@@ -60,7 +60,7 @@ def test_steps_are_taken_in_turns():
             return 0.5 * k
 
     runners = {name: Clock(name) for name in ("a", "b")}
-    total = compare._round_robin(["b", "a"], [lambda r, k=k: r.train_steps(k) for k in (5, 2)], runners)
+    total = compare.round_robin(["b", "a"], [lambda r, k=k: r.train_steps(k) for k in (5, 2)], runners)
     assert calls == [("b", 5), ("a", 5), ("b", 2), ("a", 2)]
     assert total == {"b": 3.5, "a": 3.5}
 
