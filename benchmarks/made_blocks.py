@@ -13,7 +13,10 @@ Builds MAF(5 layers) (or ``--arch nsf-ar``: autoregressive NSF, 8 bins), tanh MA
   of pushforward before its packed storage;
 - ``1``, ``2``, ... : pushforward's MADE with that many row runs per layer (one flat parameter
   per MADE, only the blocks a mask uses stored); ``1-4-1``: runs per layer, input layer first;
-- ``auto``: pushforward's default (by the layer's size: see ``pushforward.nn.MaskedLinear``).
+- ``auto``: pushforward's default (by the layer's size: see ``pushforward.nn.MaskedLinear``);
+- a setting followed by ``+composed`` (e.g. ``auto+composed``): that layout with the affine map
+  computed by composed autograd operations (:class:`ComposedAffineMap`, pushforward's before its
+  one-node backward) instead of ``pushforward.transforms.AffineMap`` (maf only).
 
 then times training steps (forward, backward, Adam step as ``benchmarks.compare`` does it, or
 ``--fused``; batch 128, random data), the settings in turns of ``--chunk`` steps within each
@@ -33,7 +36,8 @@ from torch import Tensor, nn
 
 import pushforward as pf
 from pushforward.nn import MADE, cat_context
-from pushforward.transforms import MaskedAutoregressive
+from pushforward.transforms import AffineMap, MaskedAutoregressive
+from pushforward.transforms.elementwise import InverseMap
 
 from .compare import chunks, round_robin
 
@@ -64,6 +68,22 @@ class DenseMADE(nn.Module):
         return h.unflatten(-1, (self.features, self.params))
 
 
+class ComposedAffineMap(AffineMap):
+    """:class:`~pushforward.transforms.AffineMap` as composed autograd operations (the same function)."""
+
+    def _unpack(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        shift, raw = h.unbind(-1)
+        return shift, self.bound * torch.tanh(raw / self.bound)
+
+    def forward(self, z: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        shift, log_scale = self._unpack(h)
+        return z * torch.exp(log_scale) + shift, log_scale
+
+    def inverse(self, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        shift, log_scale = self._unpack(h)
+        return (x - shift) * torch.exp(-log_scale), -log_scale
+
+
 def build(arch: str, features: int, hidden: tuple[int, ...], setting: str,
           activation: type[nn.Module] = nn.Tanh) -> pf.Flow:
     """The flow of one setting (see the module docstring), from seed 0."""
@@ -77,8 +97,12 @@ def build(arch: str, features: int, hidden: tuple[int, ...], setting: str,
 
 
 def relayout(flow: pf.Flow, setting: str) -> pf.Flow:
-    """``flow`` with each MADE stored as ``setting`` says, the same function; in place."""
+    """``flow`` with each MADE stored as ``setting`` says (and its affine maps composed for a
+    ``+composed`` setting), the same function; in place."""
+    setting, composed = setting.removesuffix("+composed"), setting.endswith("+composed")
     for layer in flow.modules():
+        if composed and isinstance(layer, InverseMap) and isinstance(layer.map, AffineMap):
+            layer.map = ComposedAffineMap(layer.map.bound)
         if isinstance(layer, MaskedAutoregressive) and setting != "auto":
             made = layer.made
             if setting == "dense":

@@ -128,7 +128,7 @@ def test_tanh_made_in_every_library(library):
 def test_made_blocks_compares_each_layout_of_the_same_flow():
     from benchmarks import made_blocks
 
-    settings = ["dense", "1", "auto", "2", "2-4-1"]
+    settings = ["dense", "1", "auto", "2", "2-4-1", "auto+composed"]
     x = torch.randn(6, 8, dtype=torch.float64)
     flow = pf.testing.perturb(pf.MAF(8, transforms=2, hidden_features=(512, 512)).double(), scale=0.05)
     reference = flow.log_prob(x)
