@@ -412,3 +412,21 @@ def test_preset_sampling_raises_convergence_error(preset):
             layer.map.map.max_iter = 2
     with pytest.raises(ConvergenceError):
         flow.sample((10,))
+
+
+@pytest.mark.parametrize("inverse", [False, True])
+@pytest.mark.parametrize("h_shape", [(4, 3, 2), (3, 2)], ids=["full", "broadcast"])
+def test_affine_map_gradients(inverse, h_shape):
+    """AffineMap's hand-written backward against finite differences, with the parameters of the
+    input's shape and broadcast over its batch."""
+    torch.manual_seed(0)
+    u = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    h = (2 * torch.randn(h_shape, dtype=torch.float64)).requires_grad_()
+    affine = pf.transforms.AffineMap(bound=2.0)
+    direction = affine.inverse if inverse else affine.forward
+    assert torch.autograd.gradcheck(lambda u, h: direction(u, h), (u, h))
+    y, ladj = direction(u, h)
+    shift, s = h[..., 0], 2.0 * torch.tanh(h[..., 1] / 2.0)
+    expected = (u - shift) * torch.exp(-s) if inverse else u * torch.exp(s) + shift
+    torch.testing.assert_close(y, expected)
+    torch.testing.assert_close(ladj, (-s if inverse else s).expand(4, 3))

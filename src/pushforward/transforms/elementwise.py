@@ -115,11 +115,15 @@ class _Affine(torch.autograd.Function):
     c = 0). tanh(v) = 2 sigmoid(2v) - 1 (torch's CPU tanh is several times slower than its
     sigmoid), whence ds/draw = 1 - tanh^2 = 4 tau (1 - tau) with tau = sigmoid(2 raw / bound).
 
-    Shapes: u, y, ladj (*shape); h (*shape, 2) = (shift, raw). First derivatives only.
+    Shapes: u, y, ladj (*shape); h (*shape, 2) = (shift, raw), either broadcast to the other.
+    First derivatives only.
     """
 
     @staticmethod
     def forward(ctx, u: Tensor, h: Tensor, bound: float, sign: float) -> tuple[Tensor, Tensor]:
+        shape = torch.broadcast_shapes(u.shape, h.shape[:-1])
+        if u.shape != shape or h.shape[:-1] != shape:  # every output of the full shape, so that
+            u, h = u.expand(shape), h.expand(*shape, 2)  # autograd sums each gradient to its input's
         shift, raw = h.unbind(-1)
         tau = torch.sigmoid(raw * (2 / bound))
         ladj = torch.mul(tau, 2 * sign * bound).sub_(sign * bound)
