@@ -109,29 +109,37 @@ class ElementwiseMap:
         return f"{type(self).__name__}({args})"
 
 
-class _Affine(torch.autograd.Function):
-    r"""y = (u - a) exp(sign s) + c with ladj = sign s and s = bound tanh(raw / bound), as one
-    autograd node: ``sign`` +1 is the forward map (a = 0, c = shift), -1 the inverse (a = shift,
-    c = 0). tanh(v) = 2 sigmoid(2v) - 1 (torch's CPU tanh is several times slower than its
-    sigmoid), whence ds/draw = 1 - tanh^2 = 4 tau (1 - tau) with tau = sigmoid(2 raw / bound).
+def _affine(u: Tensor, h: Tensor, bound: float, sign: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    r"""y = (u - a) exp(sign s) + c and ladj = sign s, with s = bound tanh(raw / bound): ``sign``
+    +1 is the forward map (a = 0, c = shift), -1 the inverse (a = shift, c = 0). tanh(v) =
+    2 sigmoid(2v) - 1 (torch's CPU tanh is several times slower than its sigmoid).
 
-    Shapes: u, y, ladj (*shape); h (*shape, 2) = (shift, raw), either broadcast to the other.
-    First derivatives only.
+    Shapes: u (*shape); h (*shape, 2) = (shift, raw), either broadcast to the other; returns
+    y, ladj and, for the backward, tau = sigmoid(2 raw / bound), exp(sign s) and
+    (u - a) exp(sign s), all of the broadcast shape.
+    """
+    shape = torch.broadcast_shapes(u.shape, h.shape[:-1])
+    if u.shape != shape or h.shape[:-1] != shape:  # every output of the full shape, so that
+        u, h = u.expand(shape), h.expand(*shape, 2)  # autograd sums each gradient to its input's
+    shift, raw = h.unbind(-1)
+    tau = torch.sigmoid(raw * (2 / bound))
+    ladj = torch.mul(tau, 2 * sign * bound).sub_(sign * bound)
+    scale = torch.exp(ladj)
+    scaled = u * scale if sign > 0 else (u - shift).mul_(scale)
+    return (scaled + shift if sign > 0 else scaled), ladj, tau, scale, scaled
+
+
+class _Affine(torch.autograd.Function):
+    r""":func:`_affine` as one autograd node, whose backward uses ds/draw = 1 - tanh^2 =
+    4 tau (1 - tau). First derivatives only.
     """
 
     @staticmethod
     def forward(ctx, u: Tensor, h: Tensor, bound: float, sign: float) -> tuple[Tensor, Tensor]:
-        shape = torch.broadcast_shapes(u.shape, h.shape[:-1])
-        if u.shape != shape or h.shape[:-1] != shape:  # every output of the full shape, so that
-            u, h = u.expand(shape), h.expand(*shape, 2)  # autograd sums each gradient to its input's
-        shift, raw = h.unbind(-1)
-        tau = torch.sigmoid(raw * (2 / bound))
-        ladj = torch.mul(tau, 2 * sign * bound).sub_(sign * bound)
-        scale = torch.exp(ladj)
-        scaled = u * scale if sign > 0 else (u - shift).mul_(scale)  # (u - a) exp(sign s)
+        y, ladj, tau, scale, scaled = _affine(u, h, bound, sign)
         ctx.sign = sign
         ctx.save_for_backward(tau, scale, scaled)
-        return (scaled + shift if sign > 0 else scaled), ladj
+        return y, ladj
 
     @staticmethod
     @once_differentiable
@@ -171,11 +179,16 @@ class AffineMap(ElementwiseMap):
     def __init__(self, bound: float = 5.0):
         self.bound = bound
 
+    def _map(self, u: Tensor, h: Tensor, sign: float) -> tuple[Tensor, Tensor]:
+        if torch.is_grad_enabled() and (u.requires_grad or h.requires_grad):
+            return _Affine.apply(u, h, self.bound, sign)
+        return _affine(u, h, self.bound, sign)[:2]  # no autograd node to build
+
     def forward(self, z: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
-        return _Affine.apply(z, h, self.bound, 1.0)
+        return self._map(z, h, 1.0)
 
     def inverse(self, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
-        return _Affine.apply(x, h, self.bound, -1.0)
+        return self._map(x, h, -1.0)
 
 
 class AdditiveMap(ElementwiseMap):
