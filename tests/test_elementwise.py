@@ -417,8 +417,9 @@ def test_preset_sampling_raises_convergence_error(preset):
 @pytest.mark.parametrize("inverse", [False, True])
 @pytest.mark.parametrize("h_shape", [(4, 3, 2), (3, 2)], ids=["full", "broadcast"])
 def test_affine_map_gradients(inverse, h_shape):
-    """AffineMap's hand-written backward against finite differences, with the parameters of the
-    input's shape and broadcast over its batch."""
+    """AffineMap's hand-written backward against finite differences and its values against the
+    formula, with and without gradients, for parameters of the input's shape and broadcast over
+    its batch."""
     torch.manual_seed(0)
     u = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
     h = (2 * torch.randn(h_shape, dtype=torch.float64)).requires_grad_()
@@ -430,3 +431,7 @@ def test_affine_map_gradients(inverse, h_shape):
     expected = (u - shift) * torch.exp(-s) if inverse else u * torch.exp(s) + shift
     torch.testing.assert_close(y, expected)
     torch.testing.assert_close(ladj, (-s if inverse else s).expand(4, 3))
+    with torch.no_grad():  # the same values without an autograd node
+        y_plain, ladj_plain = direction(u, h)
+    torch.testing.assert_close(y_plain, y)
+    torch.testing.assert_close(ladj_plain, ladj)
