@@ -161,9 +161,11 @@ class AffineMap(ElementwiseMap):
 
     h = (t, s_raw); s = bound * tanh(s_raw / bound) keeps exp(s) within exp(±bound), which
     avoids the overflow of an unbounded exp while equal to s_raw near zero.
-    ladj = s (element-wise). Each direction is one autograd node with a hand-written backward
-    (first derivatives only): ``python -m benchmarks.made_blocks --settings auto+composed,auto
-    --repeats 21`` measured a MAF training step 1.00-1.02x as fast as with composed operations.
+    ladj = s (element-wise). Where gradients are tracked, each direction is one autograd node
+    with a hand-written backward (first derivatives only: no double backward, no ``torch.func``
+    transforms); elsewhere (``log_prob`` under ``no_grad``, sampling) the same arithmetic runs
+    without a node. ``python -m benchmarks.made_blocks --settings auto+composed,auto --repeats
+    21`` measured a MAF training step 1.00-1.02x as fast as with composed operations.
 
     Shapes: z, x (*shape); h (*shape, 2).
 
