@@ -112,7 +112,8 @@ class ElementwiseMap:
 def _affine(u: Tensor, h: Tensor, bound: float, sign: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     r"""y = (u - a) exp(sign s) + c and ladj = sign s, with s = bound tanh(raw / bound): ``sign``
     +1 is the forward map (a = 0, c = shift), -1 the inverse (a = shift, c = 0). tanh(v) =
-    2 sigmoid(2v) - 1 (torch's CPU tanh is several times slower than its sigmoid).
+    2 sigmoid(2v) - 1 (on some CPUs torch's tanh is several times slower than its sigmoid; the
+    backward needs tau in any case).
 
     Shapes: u (*shape); h (*shape, 2) = (shift, raw), either broadcast to the other; returns
     y, ladj and, for the backward, tau = sigmoid(2 raw / bound), exp(sign s) and
