@@ -59,10 +59,12 @@ class _Run:
         return self.rows.stop - self.rows.start, self.columns.stop - self.columns.start
 
     def rows_of(self, t: Tensor) -> Tensor:
-        return t if self.all_rows else t[:, self.rows]
+        """The run's rows of a feature-major (out_features, ...) tensor."""
+        return t if self.all_rows else t[self.rows]
 
     def columns_of(self, t: Tensor) -> Tensor:
-        return t if self.all_columns else t[:, self.columns]
+        """The run's columns of a feature-major (in_features, ...) tensor."""
+        return t if self.all_columns else t[self.columns]
 
 
 @dataclass(frozen=True)
@@ -187,6 +189,11 @@ class _MaskedChain(torch.autograd.Function):
     """h_{l+1} = a((W_l * M_l) h_l + b_l) for the layers of a :class:`_Layout` (no ``a`` after the
     last), each run one product of its block, and the gradients of x and of the flat vector.
 
+    The activations are kept feature-major, (features, N), so that each run reads a range of
+    rows of its input and writes a range of rows of its output, and the products are
+    W h^T instead of h W^T: on the CPU torch's matrix products of these shapes ran about 10 %
+    faster that way. Only the output is batch-major (transposed as it is written).
+
     Shapes: x (N, in); flat (size,); free (size,): 1 where ``flat`` holds a weight the mask
     keeps or a bias, 0 where it holds a masked-out zero (whose gradient is then zeroed, in one
     pass over the whole gradient: cheaper than masking the runs' blocks one by one);
@@ -196,20 +203,20 @@ class _MaskedChain(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, flat: Tensor, layout: _Layout, activation: nn.Module | None,
                 free: Tensor) -> Tensor:
-        h, saved = x, [x]
+        h, saved = x.t(), [x]  # h: the layer's input, (features, N)
         parts = layout.split(flat)
         for k, (layer, (blocks, bias)) in enumerate(zip(layout.layers, parts)):
-            y = h.new_empty(len(h), layer.out_features)
+            last = k + 1 == len(parts)
+            out = x.new_empty(len(x), layer.out_features) if last else x.new_empty(layer.out_features, len(x))
+            y = out.t() if last else out
             for run, block in zip(layer.runs, blocks):
-                torch.addmm(bias if run.all_rows else bias[run.rows], run.columns_of(h), block.t(), out=run.rows_of(y))
-            if k + 1 < len(parts):
+                torch.addmm(run.rows_of(bias).unsqueeze(1), block, run.columns_of(h), out=run.rows_of(y))
+            if not last:
                 h, kept = _activate(activation, y)
                 saved += [kept, h]
-            else:
-                h = y
         ctx.layout, ctx.activation, ctx.free, ctx.parts = layout, activation, free, parts
         ctx.save_for_backward(flat, *saved)  # flat: for autograd's check that it is not modified
-        return h
+        return out
 
     @staticmethod
     @once_differentiable
@@ -218,24 +225,27 @@ class _MaskedChain(torch.autograd.Function):
         layout = ctx.layout
         grad_flat = torch.empty_like(flat)
         grad_parts = layout.split(grad_flat)
+        grad = grad.t()
         for k in range(len(grad_parts) - 1, -1, -1):
             layer, (blocks, _), (grad_blocks, grad_bias) = layout.layers[k], ctx.parts[k], grad_parts[k]
-            h = saved[2 * k]
-            torch.sum(grad, 0, out=grad_bias)
+            h = saved[2 * k] if k else saved[0].t()
+            torch.sum(grad, 1, out=grad_bias)
             grad_h = None
-            if k or ctx.needs_input_grad[0]:
+            if k or ctx.needs_input_grad[0]:  # the first layer's input gradient batch-major, as x
                 one = len(layer.runs) == 1 and layer.runs[0].all_columns
-                grad_h = h.new_empty(h.shape) if one else torch.zeros_like(h)
+                grad_h = h.new_empty(h.shape[::-1]).t() if k == 0 else h.new_empty(h.shape)
+                if not one:
+                    grad_h.zero_()
             for run, block, grad_block in zip(layer.runs, blocks, grad_blocks):
                 g = run.rows_of(grad)
-                torch.mm(g.t(), run.columns_of(h), out=grad_block)
+                torch.mm(g, run.columns_of(h).t(), out=grad_block)
                 if grad_h is not None:
                     if one:
-                        torch.mm(g, block, out=grad_h)
+                        torch.mm(block.t(), g, out=grad_h)
                     else:
-                        run.columns_of(grad_h).addmm_(g, block)
+                        run.columns_of(grad_h).addmm_(block.t(), g)
             grad = _activation_grad(ctx.activation, saved[2 * k - 1], grad_h) if k else grad_h
-        return grad, grad_flat.mul_(ctx.free), None, None, None
+        return (None if grad is None else grad.t()), grad_flat.mul_(ctx.free), None, None, None
 
 
 class _MaskedLayers(nn.Module):

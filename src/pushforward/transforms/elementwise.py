@@ -119,9 +119,9 @@ def _affine(u: Tensor, h: Tensor, bound: float, sign: float) -> tuple[Tensor, Te
     y, ladj and, for the backward, tau = sigmoid(2 raw / bound), exp(sign s) and
     (u - a) exp(sign s), all of the broadcast shape.
     """
-    shape = torch.broadcast_shapes(u.shape, h.shape[:-1])
-    if u.shape != shape or h.shape[:-1] != shape:  # every output of the full shape, so that
-        u, h = u.expand(shape), h.expand(*shape, 2)  # autograd sums each gradient to its input's
+    if u.shape != h.shape[:-1]:  # every output of the full shape, so that autograd sums each
+        shape = torch.broadcast_shapes(u.shape, h.shape[:-1])  # gradient to its input's shape
+        u, h = u.expand(shape), h.expand(*shape, 2)
     shift, raw = h.unbind(-1)
     tau = torch.sigmoid(raw * (2 / bound))
     ladj = torch.mul(tau, 2 * sign * bound).sub_(sign * bound)
