@@ -89,35 +89,33 @@ def _sizes(raw: Tensor, minimum: float) -> Tensor:
 
 
 @functools.lru_cache(maxsize=32)
-def _knot_map(bins: int, bound: float, minimum: float, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
-    """(A (K, K + 1), b (K + 1,)) such that p @ A + b, for p = softmax(raw), are the knots of
-    bin sizes m + (1 - m K) p_i on [-bound, bound]: knot j = -bound + 2 bound sum_{i<j} size_i
-    for 0 < j < K, and exactly -bound, +bound for j = 0, K (columns 0 and K of A are zero)."""
-    j = torch.arange(bins + 1, dtype=torch.float64, device=device)  # b in double, then rounded once
-    below = (torch.arange(bins, device=device)[:, None] < j) & (j < bins)
-    a = (2 * bound * (1 - minimum * bins)) * below.to(dtype)
-    b = torch.where(j < bins, -bound + 2 * bound * minimum * j, bound).to(dtype)
-    return a, b
+def _knot_offsets(bins: int, bound: float, minimum: float, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """The knots (K + 1,) of K bins of the floor size ``minimum`` on [-bound, bound], the last one
+    +bound: -bound + 2 bound minimum j for j < K (in double, then rounded once)."""
+    j = torch.arange(bins + 1, dtype=torch.float64, device=device)
+    return torch.where(j < bins, -bound + 2 * bound * minimum * j, bound).to(dtype)
+
+
+def _cumulative_knots(sizes: Tensor, bound: float, minimum: float = 0.0) -> Tensor:
+    """Knot positions (*, K + 1) of the bins of sizes minimum + (1 - minimum K) sizes_i on
+    [-bound, bound], from sizes (*, K) that sum to 1; the first is -bound and the last +bound
+    exactly (the last size enters only through the sum).
+
+    A cumulative sum along the last dimension, within each row. A product with one fixed
+    (K, K + 1) matrix costs about the same, but on the CPU it rounds one row differently from
+    many (matrix-vector against matrix-matrix kernels): the knots of one set of parameters
+    then moved by an ulp between calls, which a steep bin magnifies by its derivative.
+    """
+    offsets = _knot_offsets(sizes.shape[-1], bound, minimum, sizes.dtype, sizes.device)
+    below = F.pad(torch.cumsum(sizes[..., :-1], -1), (1, 1))  # sum_{i<j} size_i, 0 at both ends
+    return torch.add(offsets, below, alpha=2 * bound * (1 - minimum * sizes.shape[-1]))
 
 
 def _knots(raw: Tensor, bound: float, minimum: float) -> Tensor:
-    """Knot positions (*, K + 1) from unnormalised bin sizes (*, K) (a softmax with a floor
-    ``minimum``, see :func:`_sizes`); the first is -bound and the last +bound exactly.
-
-    One product with a fixed matrix does the cumulative sum, the floor and the scaling
-    (:func:`_knot_map`), fewer and cheaper kernels than cumsum and padding."""
-    a, b = _knot_map(raw.shape[-1], bound, minimum, raw.dtype, raw.device)
-    knots = torch.addmm(b, _softmax(raw).reshape(-1, raw.shape[-1]), a)
-    return knots.reshape(*raw.shape[:-1], raw.shape[-1] + 1)
-
-
-def _cumulative_knots(sizes: Tensor, bound: float) -> Tensor:
-    """Knot positions (*, K + 1) from bin sizes (*, K) that sum to 1; first -bound, last +bound."""
-    knots = F.pad(torch.cumsum(sizes, dim=-1), (1, 0))
-    knots = 2 * bound * knots - bound
-    # Pin the end knots exactly: cumsum rounding must not move the bound.
-    return torch.cat([knots.new_full(knots.shape[:-1] + (1,), -bound), knots[..., 1:-1],
-                      knots.new_full(knots.shape[:-1] + (1,), bound)], dim=-1)
+    """Knot positions (*, K + 1) from unnormalised bin sizes (*, K): bins of the sizes
+    :func:`_sizes` gives (a softmax with a floor ``minimum``); the first knot is -bound and the
+    last +bound exactly."""
+    return _cumulative_knots(_softmax(raw), bound, minimum)
 
 
 def _unit(t: Tensor) -> Tensor:
@@ -181,7 +179,9 @@ def rational_quadratic_spline(
         b = (d_0 * rest - dy * (d_1 - 2 * s)) / scale
         a = h_k * s / scale - b
         c = -s * dy / scale
-        root = torch.sqrt((b.square() - 4 * a * c).clamp(min=0))
+        # rounding can make b^2 - 4ac zero or negative at a double root (the end of a bin whose
+        # derivative sits at the floor): there sqrt's gradient would be inf and the chain's NaN
+        root = torch.sqrt((b.square() - 4 * a * c).clamp(min=torch.finfo(x.dtype).tiny))
         positive = b >= 0
         xi = torch.where(positive, 2 * c, root - b) / torch.where(positive, -b - root, 2 * a)
         xi = _unit(xi)
