@@ -25,6 +25,17 @@ def _selector(index: Tensor) -> slice | Tensor:
     return index
 
 
+def _merge(first: Tensor, second: Tensor, woven: bool) -> Tensor:
+    """The features in order from the two parts of a coupling's split: ``first`` holds feature 0;
+    the parts are the halves (concatenated) or the even and odd features (interleaved, ``woven``).
+    Out of place: slice assignments into a new tensor would cost a copying node in the backward."""
+    if not woven:
+        return torch.cat([first, second], -1)
+    n = second.shape[-1]
+    merged = torch.stack([first[..., :n], second], -1).flatten(-2)
+    return merged if first.shape[-1] == n else torch.cat([merged, first[..., n:]], -1)
+
+
 def alternating_mask(features: int, parity: int) -> Tensor:
     """Boolean mask (features,) that is True on the features whose index has the given parity."""
     return torch.arange(features) % 2 == parity
@@ -62,9 +73,12 @@ class Coupling(Transform):
         self.register_buffer("index_a", torch.nonzero(~mask).squeeze(-1))
         self.register_buffer("index_b", torch.nonzero(mask).squeeze(-1))
         self.register_buffer("unsplit", torch.argsort(torch.cat([self.index_a, self.index_b])))
-        # alternating masks and halves select by slices (views); other masks by the index buffers
-        a, b = _selector(self.index_a), _selector(self.index_b)
-        self._slices = (a, b) if isinstance(a, slice) and isinstance(b, slice) else None
+        # alternating masks and halves select by slices (views) and merge out of place (_merge);
+        # other masks by the index buffers
+        changes = int((mask[1:] != mask[:-1]).sum())
+        self._woven, self._a_first = changes == len(mask) - 1, not mask[0].item()
+        halves = changes == 1
+        self._slices = (_selector(self.index_a), _selector(self.index_b)) if self._woven or halves else None
         n_a, n_b = len(self.index_a), len(self.index_b)
         self.conditioner = MLP(n_a + context_features, n_b * elementwise_map.params, hidden_features, activation)
 
@@ -76,9 +90,8 @@ class Coupling(Transform):
         v_b, ladj = (self.map.inverse if inverse else self.map.forward)(u_b, h)
         if self._slices is None:
             return torch.cat([u_a, v_b], dim=-1)[..., self.unsplit], ladj.sum(-1)
-        v = u.new_empty(u.shape)
-        v[..., a], v[..., b] = u_a, v_b
-        return v, ladj.sum(-1)
+        first, second = (u_a, v_b) if self._a_first else (v_b, u_a)
+        return _merge(first, second, self._woven), ladj.sum(-1)
 
     def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return self._couple(z, context, inverse=False)
