@@ -618,3 +618,27 @@ def test_log_likelihoods_and_evaluate(moons):
     ev = pf.evaluate(flow, valid)
     assert ev.n == 1000 and ev.mean == pytest.approx(float(values.double().mean()))
     assert ev.stderr == pytest.approx(float(values.double().std()) / math.sqrt(1000))
+
+
+@pytest.mark.parametrize("features", [2, 3, 4, 5, 8])
+@pytest.mark.parametrize("split", ["even", "odd", "upper-half", "lower-half", "ends", "thirds"])
+def test_coupling_keeps_its_conditioning_part_and_maps_the_other_in_place(features, split):
+    """x_a = z_a and x_b = f(z_b; h(z_a)) at the mask's own positions, for the splits that
+    select by slices and merge out of place (halves, even/odd) and for those that gather."""
+    from pushforward.transforms import AffineMap, Coupling
+
+    index = torch.arange(features)
+    mask = {"even": index % 2 == 0, "odd": index % 2 == 1, "upper-half": index >= features // 2,
+            "lower-half": index < (features + 1) // 2, "ends": (index == 0) | (index == features - 1),
+            "thirds": index % 3 == 1}[split]
+    if mask.all() or not mask.any():
+        pytest.skip("the split selects every feature or none")
+    layer = perturb(Coupling(mask, AffineMap(), hidden_features=(8,)).double())
+    z = torch.randn(6, features, dtype=torch.double)
+    for direction, apply in (("forward", layer.map.forward), ("inverse", layer.map.inverse)):
+        x, ladj = getattr(layer, direction)(z)
+        h = layer.conditioner(z[:, ~mask]).unflatten(-1, (int(mask.sum()), 2))
+        x_b, ladj_b = apply(z[:, mask], h)
+        assert torch.equal(x[:, ~mask], z[:, ~mask])
+        torch.testing.assert_close(x[:, mask], x_b, rtol=0, atol=0)
+        torch.testing.assert_close(ladj, ladj_b.sum(-1))
