@@ -301,3 +301,29 @@ def test_tanh_inside_made_matches_torch_tanh(monkeypatch, through_sigmoid):
     (weight0, bias0), (weight1, bias1) = made.dense()
     reference = nn.functional.linear(torch.tanh(nn.functional.linear(x, weight0, bias0)), weight1, bias1)
     torch.testing.assert_close(made(x).flatten(-2), reference, atol=1e-6, rtol=1e-5)
+
+
+def test_cached_operand_views_follow_the_parameter():
+    """The views of the flat parameter that the products use are remade when its storage
+    changes (a dtype conversion), and a copy of the MADE computes with its own parameter."""
+    import copy
+
+    made = perturb(MADE(5, 2, hidden_features=(32, 32), activation=nn.Tanh))
+    x = torch.randn(4, 5)
+
+    def reference(m, inputs):
+        h = inputs
+        *hidden, (weight, bias) = m.dense()
+        for w, b in hidden:
+            h = torch.tanh(nn.functional.linear(h, w, b))
+        return nn.functional.linear(h, weight, bias).unflatten(-1, (5, 2))
+
+    made(x)
+    made.double()
+    torch.testing.assert_close(made(x.double()), reference(made, x.double()))
+    twin = copy.deepcopy(made)
+    with torch.no_grad():
+        twin.packed.mul_(2)
+    torch.testing.assert_close(made(x.double()), reference(made, x.double()))
+    torch.testing.assert_close(twin(x.double()), reference(twin, x.double()))
+    assert not torch.allclose(twin(x.double()), made(x.double()))
