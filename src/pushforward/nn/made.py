@@ -60,7 +60,6 @@ class _Run:
         return self.rows.stop - self.rows.start, self.columns.stop - self.columns.start
 
 
-
 class _Operands(NamedTuple):
     """What one run's product needs: its bias as a column (rows, 1) and its block (rows,
     columns), views of the flat vector, and the layer's rows and input features it uses (None:
