@@ -2,7 +2,6 @@ r"""MADE: masked autoencoder for distribution estimation, the autoregressive con
 
 from __future__ import annotations
 
-import functools
 import math
 import statistics
 import time
@@ -165,12 +164,23 @@ def _tanh_through_sigmoid_(y: Tensor) -> Tensor:
     return y.mul_(2).sigmoid_().mul_(2).sub_(1)
 
 
-@functools.cache
+_SIGMOID_TANH_IS_FASTER: bool | None = None
+
+
 def _sigmoid_tanh_is_faster() -> bool:
     """Whether, on this CPU, :func:`_tanh_through_sigmoid_` clearly beats ``tanh_`` (below 3/4 of
     its time, medians of 7 interleaved timings on a (128, 512) float32 tensor): torch's CPU tanh
     is about 5x slower than its sigmoid on some hosts (AMD EPYC) and faster on others (Intel
-    Xeon), where the three extra passes cost 2-3x a ``tanh_``. Measured once per process."""
+    Xeon), where the three extra passes cost 2-3x a ``tanh_``. Measured once per process, when
+    the first tanh MADE is built (a plain global, so that ``torch.compile`` reads a constant)."""
+    global _SIGMOID_TANH_IS_FASTER
+    if _SIGMOID_TANH_IS_FASTER is None:
+        _SIGMOID_TANH_IS_FASTER = _time_tanh_forms()
+    return _SIGMOID_TANH_IS_FASTER
+
+
+def _time_tanh_forms() -> bool:
+    """:func:`_sigmoid_tanh_is_faster`'s measurement."""
     y = torch.randn(128, 512)
     times: dict[Callable[[Tensor], Tensor], list[float]] = {torch.tanh_: [], _tanh_through_sigmoid_: []}
     for _ in range(8):
@@ -285,6 +295,8 @@ class _MaskedLayers(nn.Module):
         self._legacy = legacy  # per layer, the key prefix of its weight, bias and mask before packing
         self._layout = _Layout(masks, blocks)
         self.activation = activation
+        if isinstance(activation, nn.Tanh):
+            _sigmoid_tanh_is_faster()  # decided now, before any tracing of the forward
         weights, biases = [], []
         for mask in masks:  # nn.Linear's initialisation, layer by layer
             weight = torch.empty(mask.shape)
