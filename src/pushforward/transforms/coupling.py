@@ -15,14 +15,11 @@ from .elementwise import ElementwiseMap
 __all__ = ["Coupling", "alternating_mask"]
 
 
-def _selector(index: Tensor) -> slice | Tensor:
-    """``index`` (increasing) as a slice when it is an arithmetic progression: a view of the
-    features instead of a gather, which is slow on the CPU along the last dimension."""
-    steps = index.diff()
-    if len(index) and (len(index) == 1 or (steps[0] > 0 and (steps == steps[0]).all())):
-        step = int(steps[0]) if len(index) > 1 else 1
-        return slice(int(index[0]), int(index[-1]) + 1, step)
-    return index
+def _slice(index: Tensor, step: int) -> slice:
+    """The increasing ``index`` of a half (step 1) or of the even or odd features (step 2) as a
+    slice: a view of the features instead of a gather, which is slow on the CPU along the last
+    dimension."""
+    return slice(int(index[0]), int(index[-1]) + 1, step)
 
 
 def _merge(first: Tensor, second: Tensor, woven: bool) -> Tensor:
@@ -78,7 +75,8 @@ class Coupling(Transform):
         changes = int((mask[1:] != mask[:-1]).sum())
         self._woven, self._a_first = changes == len(mask) - 1, not mask[0].item()
         halves = changes == 1
-        self._slices = (_selector(self.index_a), _selector(self.index_b)) if self._woven or halves else None
+        step = 2 if self._woven else 1
+        self._slices = (_slice(self.index_a, step), _slice(self.index_b, step)) if self._woven or halves else None
         n_a, n_b = len(self.index_a), len(self.index_b)
         self.conditioner = MLP(n_a + context_features, n_b * elementwise_map.params, hidden_features, activation)
 
