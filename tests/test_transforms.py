@@ -38,7 +38,9 @@ def test_shapes(example, batch_shape, device):
     z, context = inputs(event_shape, c, batch_shape, device)
     x, ladj = t(z, context)
     z2, ladj2 = t.inverse(x, context)
-    assert x.shape == z.shape == z2.shape
+    assert x.shape == torch.Size(batch_shape) + t.forward_shape(event_shape)
+    assert t.inverse_shape(x.shape[len(batch_shape):]) == tuple(event_shape)
+    assert z2.shape == z.shape
     assert ladj.shape == ladj2.shape == torch.Size(batch_shape)
     assert x.dtype == ladj.dtype == torch.float64
 
@@ -97,3 +99,26 @@ def test_registry_names_are_unique_and_families():
     assert len(IDS) == len(set(IDS))
     families = {name.split("-")[0] for name in IDS}
     assert {"elementwise", "coupling", "autoregressive", "linear", "normalization"} <= families
+
+
+# Users train in float32: the round trips and the ladj hold there too, to float32 tolerances.
+# The ladj is compared with the float64 autograd Jacobian of the same (float32) parameters.
+F32_ATOL = 2e-3
+
+
+def test_round_trip_float32(example, device):
+    _, t, event_shape, c = example
+    z, context = inputs(event_shape, c, (3,), device)
+    testing.check_round_trip(t.float(), z.float(), None if context is None else context.float(), atol=F32_ATOL)
+
+
+def test_ladj_float32(example, device):
+    _, t, event_shape, c = example
+    z, context = inputs(event_shape, c, (3,), device)
+    exact = copy.deepcopy(t.float()).double()
+    context32 = None if context is None else context.float()
+    x, ladj = t(z.float(), context32)
+    _, ladj_inv = t.inverse(x, context32)
+    torch.testing.assert_close(ladj.double(), exact(z.float().double(), context)[1], atol=F32_ATOL, rtol=F32_ATOL)
+    torch.testing.assert_close(ladj_inv.double(), exact.inverse(x.double(), context)[1], atol=F32_ATOL,
+                               rtol=F32_ATOL)

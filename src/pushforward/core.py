@@ -13,6 +13,7 @@ the change of variables, log p(x) = log p_base(g^{-1}(x)) + log|det J_{g^{-1}}(x
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -57,17 +58,43 @@ class Transform(nn.Module):
 
     Subclasses implement ``forward(z, context)`` (base -> data) and ``inverse(x, context)``
     (data -> base). Each returns ``(output, ladj)`` where ``ladj`` is the log-abs-det-Jacobian
-    of the map just applied, in nats, with the batch shape (the input shape less the
-    ``event_dims`` trailing dimensions).
+    of the map just applied, in nats, summed over the event dimensions to the batch shape (the
+    input shape less its event dimensions).
+
+    A transform may change the event shape (a squeeze maps (C, H, W) to (4C, H/2, W/2)); it
+    then overrides :meth:`forward_shape` and :meth:`inverse_shape`, and sets ``data_event_dims``
+    when the number of event dimensions changes. The number of elements never changes.
 
     Attributes:
-        event_dims: number of trailing dimensions the transform acts on (1 for vectors
-            ``(*batch, D)``, 3 for images ``(*batch, C, H, W)``).
+        event_dims: number of trailing dimensions the transform acts on, on the base side
+            (1 for vectors ``(*batch, D)``, 3 for images ``(*batch, C, H, W)``).
+        data_event_dims: the same on the data side (``event_dims`` unless the map changes it).
 
-    Shapes: z, x (*batch, *event); context (*batch, context_features) or None; ladj (*batch,).
+    Shapes: z (*batch, *event); x (*batch, *forward_shape(event)); context
+    (*batch, context_features) or None; ladj (*batch,).
     """
 
     event_dims: int = 1
+
+    @property
+    def data_event_dims(self) -> int:
+        return self.event_dims
+
+    def forward_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
+        """The event shape of ``forward``'s output for an input event ``shape`` (base -> data).
+
+        Raises:
+            ValueError: if the transform cannot act on events of that shape.
+        """
+        return tuple(shape)
+
+    def inverse_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
+        """The event shape of ``inverse``'s output for an input event ``shape`` (data -> base).
+
+        Raises:
+            ValueError: if the transform cannot act on events of that shape.
+        """
+        return tuple(shape)
 
     def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         raise NotImplementedError(f"{type(self).__name__} does not define forward")
@@ -80,21 +107,38 @@ class Chain(Transform):
     r"""Composition of transforms; ``Chain(t1, t2)`` applies ``t1`` first in the forward direction.
 
     x = t_n(... t_1(z)), ladj = sum of the parts' ladj; the inverse applies the inverses in
-    reverse order.
+    reverse order. Event shapes compose: ``forward_shape`` is that of the parts in turn.
 
-    Shapes: as the parts; all parts act on the same number of event dimensions.
+    Shapes: z (*batch, *event) as ``t_1`` takes it; x as ``t_n`` makes it.
 
     Raises:
-        ValueError: if the parts act on different numbers of event dimensions.
+        ValueError: if a part's output has another number of event dimensions than the next
+            part acts on.
     """
 
     def __init__(self, *transforms: Transform):
         super().__init__()
-        dims = {t.event_dims for t in transforms}
-        if len(dims) > 1:
-            raise ValueError(f"Chain parts act on different event dimensions: {sorted(dims)}")
+        for a, b in zip(transforms[:-1], transforms[1:]):
+            if a.data_event_dims != b.event_dims:
+                raise ValueError(f"Chain: {type(a).__name__} outputs {a.data_event_dims} event dimension(s), "
+                                 f"{type(b).__name__} acts on {b.event_dims}")
         self.transforms = nn.ModuleList(transforms)
-        self.event_dims = dims.pop() if dims else 1
+        self.event_dims = transforms[0].event_dims if transforms else 1
+        self._data_event_dims = transforms[-1].data_event_dims if transforms else 1
+
+    @property
+    def data_event_dims(self) -> int:
+        return self._data_event_dims
+
+    def forward_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
+        for t in self.transforms:
+            shape = t.forward_shape(shape)
+        return tuple(shape)
+
+    def inverse_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
+        for t in reversed(self.transforms):
+            shape = t.inverse_shape(shape)
+        return tuple(shape)
 
     def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         ladj = z.new_zeros(z.shape[: z.dim() - self.event_dims])
@@ -104,7 +148,7 @@ class Chain(Transform):
         return z, ladj
 
     def inverse(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        ladj = x.new_zeros(x.shape[: x.dim() - self.event_dims])
+        ladj = x.new_zeros(x.shape[: x.dim() - self.data_event_dims])
         for t in reversed(self.transforms):
             x, part = t.inverse(x, context)
             ladj = ladj + part
@@ -122,13 +166,23 @@ class Inverse(Transform):
 
     Used to swap which direction is cheap, e.g. IAF = Inverse of a masked autoregressive layer.
 
-    Shapes: as ``t``.
+    Shapes: as ``t`` with the directions swapped.
     """
 
     def __init__(self, transform: Transform):
         super().__init__()
         self.transform = transform
-        self.event_dims = transform.event_dims
+        self.event_dims = transform.data_event_dims
+
+    @property
+    def data_event_dims(self) -> int:
+        return self.transform.event_dims
+
+    def forward_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
+        return self.transform.inverse_shape(shape)
+
+    def inverse_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
+        return self.transform.forward_shape(shape)
 
     def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return self.transform.inverse(z, context)
@@ -160,15 +214,22 @@ class Flow(nn.Module):
 
     def __init__(self, base: nn.Module, transform: Transform):
         super().__init__()
+        base_dims = len(base.event_shape)
+        if base_dims != transform.event_dims:
+            raise ValueError(f"the base has {base_dims} event dimension(s), the transform acts on "
+                             f"{transform.event_dims}")
         self.base = base
         self.transform = transform
+        self._event_shape = torch.Size(transform.forward_shape(base.event_shape))
 
     @property
     def event_shape(self) -> torch.Size:
-        return torch.Size(self.base.event_shape)
+        """The shape of one data example: the transform's image of the base's event shape."""
+        return self._event_shape
 
-    def _check(self, x: Tensor, context: Tensor | None) -> None:
+    def _check(self, x: Tensor, context: Tensor | None) -> Tensor:
         check_event_shape(x, self.event_shape, "data")
+        x = _as_dtype(x, self.base, "data")
         check_finite(x, "data")
         if context is not None:
             batch = x.shape[: x.dim() - len(self.event_shape)]
@@ -177,24 +238,30 @@ class Flow(nn.Module):
                     f"context has batch shape {tuple(context.shape[:-1])}, data has {tuple(batch)}"
                 )
             check_finite(context, "context")
+        return x
 
     def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """Log-density of ``x`` in nats, shape (*batch,).
 
+        Integer data are cast to the flow's floating-point type.
+
         Raises:
-            ValueError: if ``x`` has the wrong trailing shape, holds NaN/inf, or lies outside
-                the support of a transform with a bounded domain; if ``context`` does not match.
+            ValueError: if ``x`` has the wrong trailing shape, holds NaN/inf, has a floating-point
+                type other than the flow's, or lies outside the support of a transform with a
+                bounded domain; if ``context`` does not match.
         """
-        self._check(x, context)
+        x = self._check(x, context)
         z, ladj = self.transform.inverse(x, context)
         return self.base.log_prob(z) + ladj
 
-    def _base_sample(self, shape: Sequence[int], context: Tensor | None, grad: bool):
+    def _base_sample(self, shape: Sequence[int], context: Tensor | None, grad: bool, temperature: float):
         shape = tuple(shape)
         if context is not None:
             shape = shape + tuple(context.shape[:-1])
             context = context.expand(shape + context.shape[-1:])
-        z = self.base.rsample(shape) if grad else self.base.sample(shape)
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature must be positive and finite, got {temperature}")
+        z = self.base.rsample(shape, temperature) if grad else self.base.sample(shape, temperature)
         return z, context
 
     def rsample_and_log_prob(
@@ -204,7 +271,7 @@ class Flow(nn.Module):
 
         Shapes: x (*shape, *context_batch, *event); log_prob (*shape, *context_batch).
         """
-        z, context = self._base_sample(shape, context, grad=True)
+        z, context = self._base_sample(shape, context, grad=True, temperature=1.0)
         x, ladj = self.transform(z, context)
         return x, self.base.log_prob(z) - ladj
 
@@ -215,19 +282,65 @@ class Flow(nn.Module):
         with torch.no_grad():
             return self.rsample_and_log_prob(shape, context)
 
-    def rsample(self, shape: Sequence[int] = (), context: Tensor | None = None) -> Tensor:
-        """Reparametrised samples x = g(z), shape (*shape, *context_batch, *event)."""
-        z, context = self._base_sample(shape, context, grad=True)
+    def rsample(self, shape: Sequence[int] = (), context: Tensor | None = None,
+                temperature: float = 1.0) -> Tensor:
+        """Reparametrised samples x = g(z), shape (*shape, *context_batch, *event).
+
+        ``temperature`` T scales the base's standard deviation, z = mean + T (z' - mean) with z'
+        a base sample (Kingma & Dhariwal 2018, section 5: T < 1 gives typical, smoother samples).
+
+        Raises:
+            ValueError: for a temperature that is not positive and finite.
+        """
+        z, context = self._base_sample(shape, context, grad=True, temperature=temperature)
         return self.transform(z, context)[0]
 
-    def sample(self, shape: Sequence[int] = (), context: Tensor | None = None) -> Tensor:
-        """Samples without gradients, shape (*shape, *context_batch, *event)."""
+    def sample(self, shape: Sequence[int] = (), context: Tensor | None = None,
+               temperature: float = 1.0) -> Tensor:
+        """Samples without gradients, shape (*shape, *context_batch, *event); ``temperature``
+        as in :meth:`rsample`."""
         with torch.no_grad():
-            return self.rsample(shape, context)
+            return self.rsample(shape, context, temperature)
+
+    def encode(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        """The latent code z = g^{-1}(x) of data ``x``, shape (*batch, *base event shape).
+
+        Raises:
+            ValueError: as :meth:`log_prob`.
+        """
+        x = self._check(x, context)
+        return self.transform.inverse(x, context)[0]
+
+    def decode(self, z: Tensor, context: Tensor | None = None) -> Tensor:
+        """The data x = g(z) of latent codes ``z`` (*batch, *base event shape): ``decode(encode(x))``
+        is ``x`` up to rounding.
+
+        Raises:
+            ValueError: if ``z`` does not have the base's event shape.
+        """
+        check_event_shape(z, self.base.event_shape, "latent")
+        return self.transform(z, context)[0]
 
     def as_distribution(self, context: Tensor | None = None) -> torch.distributions.Distribution:
         """A :class:`torch.distributions.Distribution` view of the flow (given ``context``)."""
         return FlowDistribution(self, context)
+
+
+def _as_dtype(x: Tensor, base: nn.Module, name: str) -> Tensor:
+    """``x`` cast to the floating-point type of ``base`` if it holds integers or booleans.
+
+    Raises:
+        ValueError: if ``x`` is floating-point of another type (casting would silently lose
+            precision or memory; the message says what to call).
+    """
+    dtype = next(iter(base.buffers()), None)
+    dtype = dtype.dtype if dtype is not None else next(base.parameters()).dtype
+    if not x.is_floating_point():
+        return x.to(dtype)
+    if x.dtype != dtype:
+        raise ValueError(f"{name} is {x.dtype}, the flow computes in {dtype}: convert one to the other "
+                         f"(x.to({dtype}) or flow.to({x.dtype}))")
+    return x
 
 
 class FlowDistribution(torch.distributions.Distribution):

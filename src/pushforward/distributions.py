@@ -1,7 +1,9 @@
 r"""Base distributions of flows: the standard normal and a diagonal normal.
 
 Each is an ``nn.Module`` with ``event_shape``, ``log_prob(z)`` (nats, summed over the event),
-``sample(shape)`` and ``rsample(shape)``; its tensors follow the module's device and dtype.
+``sample(shape, temperature=1)`` and ``rsample(shape, temperature=1)``; its tensors follow the
+module's device and dtype. The temperature T scales the standard deviation of the samples (Kingma
+& Dhariwal 2018, section 5), not their mean.
 """
 
 from __future__ import annotations
@@ -37,13 +39,14 @@ class StandardNormal(nn.Module):
     def log_prob(self, z: Tensor) -> Tensor:
         return -0.5 * self._reduce(z.square() + _LOG_2PI)
 
-    def rsample(self, shape: Sequence[int] = ()) -> Tensor:
+    def rsample(self, shape: Sequence[int] = (), temperature: float = 1.0) -> Tensor:
         a = self._anchor
-        return torch.randn(*shape, *self.event_shape, device=a.device, dtype=a.dtype)
+        eps = torch.randn(*shape, *self.event_shape, device=a.device, dtype=a.dtype)
+        return eps if temperature == 1.0 else eps * temperature
 
-    def sample(self, shape: Sequence[int] = ()) -> Tensor:
+    def sample(self, shape: Sequence[int] = (), temperature: float = 1.0) -> Tensor:
         with torch.no_grad():
-            return self.rsample(shape)
+            return self.rsample(shape, temperature)
 
     def extra_repr(self) -> str:
         return f"event_shape={tuple(self.event_shape)}"
@@ -66,6 +69,5 @@ class DiagNormal(StandardNormal):
         u = (z - self.loc) * torch.exp(-self.log_scale)
         return -0.5 * self._reduce(u.square() + 2 * self.log_scale + _LOG_2PI)
 
-    def rsample(self, shape: Sequence[int] = ()) -> Tensor:
-        eps = torch.randn(*shape, *self.event_shape, device=self.loc.device, dtype=self.loc.dtype)
-        return self.loc + torch.exp(self.log_scale) * eps
+    def rsample(self, shape: Sequence[int] = (), temperature: float = 1.0) -> Tensor:
+        return self.loc + torch.exp(self.log_scale) * super().rsample(shape, temperature)

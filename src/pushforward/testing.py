@@ -143,11 +143,16 @@ def transform_examples(seed: int = 0) -> Iterator[tuple[str, Transform, tuple[in
 def autograd_ladj(t: Transform, u: Tensor, context: Tensor | None = None, inverse: bool = False) -> Tensor:
     """log|det J| of ``t`` (or ``t.inverse``) at ``u``, by brute force with autograd.
 
+    The Jacobian of the map with its input and output events flattened, so that transforms that
+    change the event shape (a squeeze) are covered: it is square because no transform changes
+    the number of elements.
+
     Shapes: u (*batch, *event); context (*batch, context_features); returns (*batch,).
     """
     f = t.inverse if inverse else t
-    event = u.shape[u.dim() - t.event_dims :]
-    batch = u.shape[: u.dim() - t.event_dims]
+    dims = t.data_event_dims if inverse else t.event_dims
+    event = u.shape[u.dim() - dims :]
+    batch = u.shape[: u.dim() - dims]
     flat = u.reshape(-1, *event)
     ctx = None if context is None else context.reshape(-1, context.shape[-1])
     out = []
