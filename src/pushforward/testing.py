@@ -43,6 +43,7 @@ __all__ = [
 
 FEATURES = 5
 CONTEXT = 3
+IMAGE = (2, 4, 4)
 
 
 def perturb(module: nn.Module, scale: float = 0.3, seed: int = 0) -> nn.Module:
@@ -125,19 +126,27 @@ def _vector_examples() -> Iterator[tuple[str, Callable[[int], Transform], bool]]
     yield "neural-bnaf", lambda c: BlockNeuralAutoregressive(d, c, hidden_features=(3, 3)), True
 
 
+def _image_examples() -> Iterator[tuple[str, Callable[[int], Transform], bool]]:
+    """(name, builder(context_features) -> transform, supports context) for transforms of
+    images, whose base-side event shape is :data:`IMAGE` (C, H, W)."""
+    yield from ()
+
+
 def transform_examples(seed: int = 0) -> Iterator[tuple[str, Transform, tuple[int, ...], int]]:
     """Every transform of the library, with perturbed parameters, in float64 and eval mode.
 
-    Yields ``(name, transform, event_shape, context_features)``; a transform that accepts a
-    context appears twice, without (``name``) and with a context (``name-context``).
+    Yields ``(name, transform, event_shape, context_features)``, ``event_shape`` on the base
+    side (the input of ``forward``): (5,) for vectors, (2, 4, 4) for images. A transform that
+    accepts a context appears twice, without (``name``) and with a context (``name-context``).
     """
-    for name, build, conditional in _vector_examples():
+    examples = [(*e, (FEATURES,)) for e in _vector_examples()] + [(*e, IMAGE) for e in _image_examples()]
+    for name, build, conditional, event_shape in examples:
         for c in (0, CONTEXT) if conditional else (0,):
             # seeded here: the initial weights must not depend on what used the global RNG before
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
                 t = perturb(build(c).double(), seed=seed)
-            yield (f"{name}-context" if c else name), t.eval(), (FEATURES,), c
+            yield (f"{name}-context" if c else name), t.eval(), event_shape, c
 
 
 def autograd_ladj(t: Transform, u: Tensor, context: Tensor | None = None, inverse: bool = False) -> Tensor:
