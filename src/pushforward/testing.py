@@ -23,7 +23,9 @@ from torch import Tensor, nn
 
 from .core import Chain, Inverse, Transform
 from .transforms.autoregressive import MaskedAutoregressive
-from .transforms.coupling import Coupling, alternating_mask
+from .transforms.coupling import Coupling, ImageCoupling, alternating_mask
+from .transforms.multiscale import MultiScale
+from .transforms.reshape import Squeeze
 from .transforms.elementwise import AdditiveMap, Affine, AffineMap, Elementwise, Sigmoid, logit_preprocessing
 from .transforms.linear import LowerTriangular, Permutation
 from .transforms.linear import ConvexCombinationTriangular, Dense, Householder, LU, QR, UpperTriangular
@@ -129,7 +131,19 @@ def _vector_examples() -> Iterator[tuple[str, Callable[[int], Transform], bool]]
 def _image_examples() -> Iterator[tuple[str, Callable[[int], Transform], bool]]:
     """(name, builder(context_features) -> transform, supports context) for transforms of
     images, whose base-side event shape is :data:`IMAGE` (C, H, W)."""
-    yield from ()
+    c0 = IMAGE[0]
+    yield "reshape-squeeze", lambda c: Squeeze(), False
+    yield "normalization-actnorm-image", lambda c: ActNorm(c0, event_dims=3), False
+    yield "coupling-affine-channel", lambda c: ImageCoupling(c0, AffineMap(), "channel", 0, c, 4), True
+    yield "coupling-additive-channel-odd", lambda c: ImageCoupling(c0, AdditiveMap(), "channel", 1, c, 4, blocks=1), True
+    yield "coupling-affine-checkerboard", lambda c: ImageCoupling(c0, AffineMap(), "checkerboard", 1, c, 4), True
+
+    def inner(c: int) -> Transform:  # on the channels that go on: (1, 4, 4)
+        return Chain(ImageCoupling(1, AffineMap(), "checkerboard", 0, c, 4), ActNorm(1, event_dims=3))
+
+    yield "multiscale-learned-prior", lambda c: MultiScale(
+        inner(c), c0 // 2, ImageCoupling(c0, AffineMap(), "channel", 0, c, hidden_channels=0)), True
+    yield "multiscale-standard-prior", lambda c: MultiScale(inner(c), c0 // 2), True
 
 
 def transform_examples(seed: int = 0) -> Iterator[tuple[str, Transform, tuple[int, ...], int]]:

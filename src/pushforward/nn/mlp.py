@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["MLP", "cat_context", "hidden_activation"]
+__all__ = ["MLP", "cat_context", "check_context", "hidden_activation"]
 
 # Activations whose gradient can be computed from their output: applied in place on the
 # output of the linear layer before them (autograd allows it; a product's gradient does not
@@ -21,18 +21,25 @@ def hidden_activation(activation: type[nn.Module]) -> nn.Module:
     return activation(inplace=True) if activation in _IN_PLACE else activation()
 
 
-def cat_context(x: Tensor, context: Tensor | None, context_features: int, owner: str) -> Tensor:
-    """Prepend the context to the features: (*batch, F) -> (*batch, context_features + F).
-
-    Raises:
-        ValueError: if ``owner`` was built with context_features > 0 and no context is given.
-    """
-    if not context_features:
-        return x
+def check_context(context: Tensor | None, context_features: int, owner: str) -> None:
+    """Raise ``ValueError`` unless ``context`` has ``context_features`` features (``owner``,
+    built with context_features > 0, names itself in the message)."""
     if context is None:
         raise ValueError(f"{owner} was built with context_features={context_features} and needs a context")
     if context.shape[-1] != context_features:
         raise ValueError(f"{owner} expects a context of {context_features} features, got {context.shape[-1]}")
+
+
+def cat_context(x: Tensor, context: Tensor | None, context_features: int, owner: str) -> Tensor:
+    """Prepend the context to the features: (*batch, F) -> (*batch, context_features + F).
+
+    Raises:
+        ValueError: if ``owner`` was built with context_features > 0 and no context, or one of
+            another size, is given.
+    """
+    if not context_features:
+        return x
+    check_context(context, context_features, owner)
     return torch.cat([context.expand(*x.shape[:-1], -1), x], dim=-1)
 
 

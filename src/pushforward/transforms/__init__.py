@@ -1,7 +1,9 @@
 """Transforms, one module per family of flow."""
 
 from .autoregressive import MaskedAutoregressive
-from .coupling import Coupling, alternating_mask
+from .coupling import Coupling, ImageCoupling, alternating_mask, checkerboard
+from .multiscale import MultiScale
+from .reshape import Squeeze
 from .elementwise import AdditiveMap, Affine, AffineMap, DomainError, Elementwise, ElementwiseMap, Sigmoid, logit_preprocessing
 from .linear import LowerTriangular, Permutation
 from .linear import LU, QR, ConvexCombinationTriangular, Dense, Householder, Triangular, UpperTriangular, householder
@@ -18,7 +20,7 @@ from .splines import (CubicSpline, LinearRationalSpline, PiecewiseLinear, Piecew
 from .polynomials import BernsteinPolynomial, SOSPolynomial, bernstein_basis
 
 __all__ = [
-    "MaskedAutoregressive", "Coupling", "alternating_mask", "AdditiveMap", "Affine", "AffineMap", "DomainError",
+    "MaskedAutoregressive", "Coupling", "ImageCoupling", "alternating_mask", "checkerboard", "MultiScale", "Squeeze", "AdditiveMap", "Affine", "AffineMap", "DomainError",
     "Elementwise", "ElementwiseMap", "Sigmoid", "logit_preprocessing", "Permutation", "LowerTriangular", "ActNorm",
     "BatchNorm", "ConvergenceError", "bisection", "RQSpline", "rational_quadratic_spline", "with_identity_tails",
     "Triangular", "UpperTriangular", "ConvexCombinationTriangular", "Householder", "householder", "LU", "QR", "Dense",

@@ -11,9 +11,10 @@ from ..distributed import all_reduce_sum, is_distributed
 __all__ = ["ActNorm", "BatchNorm"]
 
 
-def _batch_moments(x: Tensor) -> tuple[Tensor, Tensor] | None:
+def _batch_moments(x: Tensor, event_dims: int = 1) -> tuple[Tensor, Tensor] | None:
     """Per-feature mean and biased variance of ``x`` over its batch dimensions, or None when
-    the batch has fewer than two rows.
+    the batch has fewer than two rows. For images (``event_dims`` 3) the features are the
+    channels and the moments are also taken over the pixels.
 
     Inside a torch.distributed process group of several processes (data-parallel training),
     the moments are those of the global batch: the rows of every process, exactly, through
@@ -21,9 +22,9 @@ def _batch_moments(x: Tensor) -> tuple[Tensor, Tensor] | None:
     processes computes what one process computes on the whole batch. Every process must then
     call this in the same order.
 
-    Shapes: x (*batch, features); mean, var (features,).
+    Shapes: x (*batch, features) or (*batch, C, H, W); mean, var (features,) or (C,).
     """
-    flat = x.reshape(-1, x.shape[-1])
+    flat = x.movedim(x.dim() - event_dims, -1).reshape(-1, x.shape[x.dim() - event_dims])
     if not is_distributed():
         return (flat.mean(0), flat.var(0, unbiased=False)) if len(flat) > 1 else None
     count = torch.full((1,), len(flat), dtype=flat.dtype, device=flat.device)
@@ -37,40 +38,61 @@ def _batch_moments(x: Tensor) -> tuple[Tensor, Tensor] | None:
 
 
 class ActNorm(Transform):
-    r"""Per-feature affine layer x = z * exp(s) + t with data-dependent initialisation.
+    r"""Per-feature (per-channel for images) affine layer x = z * exp(s) + t with data-dependent
+    initialisation.
 
     At the first ``inverse`` call in training mode, t and s are set to the mean and log
-    standard deviation of that batch, so that the normalised data start with zero mean and
-    unit variance. ladj = sum_i s_i. In data-parallel training the batch is the global one,
-    gathered from every process, so all processes start from the same parameters.
+    standard deviation of that batch (over the pixels too, for images), so that the normalised
+    data start with zero mean and unit variance. ladj = sum_i s_i for vectors, H W sum_c s_c for
+    images. In data-parallel training the batch is the global one, gathered from every process,
+    so all processes start from the same parameters.
 
-    Shapes: z, x (*batch, features); ladj (*batch,).
+    Shapes: z, x (*batch, features) or, with ``event_dims=3``, (*batch, C, H, W) with
+    C = ``features``; ladj (*batch,).
 
     Reference: Kingma & Dhariwal. Glow: generative flow with invertible 1x1 convolutions.
-    NeurIPS 2018, section 3.1.
+    NeurIPS 2018, section 3.1 and table 1.
+
+    Args:
+        features: number of features, or of channels for images.
+        eps: added to the variance of the initialisation.
+        event_dims: 1 for vectors, 3 for images (C, H, W).
+
+    Raises:
+        ValueError: for ``event_dims`` other than 1 or 3.
     """
 
-    def __init__(self, features: int, eps: float = 1e-6):
+    def __init__(self, features: int, eps: float = 1e-6, event_dims: int = 1):
         super().__init__()
-        self.eps = eps
+        if event_dims not in (1, 3):
+            raise ValueError(f"ActNorm acts on vectors (event_dims=1) or images (3), got {event_dims}")
+        self.eps, self.event_dims = eps, event_dims
         self.shift = nn.Parameter(torch.zeros(features))
         self.log_scale = nn.Parameter(torch.zeros(features))
         self.register_buffer("initialized", torch.tensor(False))
 
+    def _parameters_and_ladj(self, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(shift, log_scale) shaped to broadcast over ``u``'s event, and the forward ladj."""
+        if self.event_dims == 1:
+            return self.shift, self.log_scale, self.log_scale.sum().expand(u.shape[:-1])
+        pixels = u.shape[-2] * u.shape[-1]
+        ladj = (self.log_scale.sum() * pixels).expand(u.shape[:-3])
+        return self.shift[:, None, None], self.log_scale[:, None, None], ladj
+
     def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        ladj = self.log_scale.sum().expand(z.shape[:-1])
-        return z * torch.exp(self.log_scale) + self.shift, ladj
+        shift, log_scale, ladj = self._parameters_and_ladj(z)
+        return z * torch.exp(log_scale) + shift, ladj
 
     def inverse(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if self.training and not bool(self.initialized):
             with torch.no_grad():
-                moments = _batch_moments(x)
+                moments = _batch_moments(x, self.event_dims)
                 if moments is not None:
                     self.shift.copy_(moments[0])
                     self.log_scale.copy_(0.5 * torch.log(moments[1] + self.eps))
                     self.initialized.fill_(True)
-        ladj = (-self.log_scale.sum()).expand(x.shape[:-1])
-        return (x - self.shift) * torch.exp(-self.log_scale), ladj
+        shift, log_scale, ladj = self._parameters_and_ladj(x)
+        return (x - shift) * torch.exp(-log_scale), -ladj
 
 
 class BatchNorm(Transform):
