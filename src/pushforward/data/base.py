@@ -77,7 +77,8 @@ class DataSet:
         shapes = [tuple(t.shape) for t in (self.train, self.valid, self.test)]
         if any(len(s) < 2 for s in shapes) or len({s[1:] for s in shapes}) != 1:
             raise DataError(
-                f"{self.name}: splits must be (N, *event) with the same event shape (same features), got shapes {shapes}"
+                f"{self.name}: splits must be (N, *event) with the same event shape (same features), "
+                f"got shapes {shapes}"
             )
         if self.image_shape is not None:
             image_shape, event = tuple(self.image_shape), self.event_shape

@@ -18,7 +18,9 @@ import numpy as np
 from . import base
 from .base import DataError, DataSet, find_file, fraction_sizes, to_tensor
 
-__all__ = ["digits", "read_idx", "mnist", "mnist_images", "mnist_labels", "dequantise", "image_folder", "IMAGE_SUFFIXES"]
+__all__ = [
+    "digits", "read_idx", "mnist", "mnist_images", "mnist_labels", "dequantise", "image_folder", "IMAGE_SUFFIXES",
+]
 
 # IDX type codes (third byte of the magic number) -> big-endian numpy dtype.
 _IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -312,8 +314,9 @@ def image_folder(
         first = arrays[0].shape[:2]
         i = next(i for i, a in enumerate(arrays) if a.shape[:2] != first)
         (h, w), (h2, w2) = first, arrays[i].shape[:2]
+        a, b = (f.relative_to(root).as_posix() for f in (files[0], files[i]))
         raise DataError(
-            f"{files[0]} is {h}x{w} but {files[i]} is {h2}x{w2} (H x W): images of different sizes; "
+            f"{root}: images of different sizes (H x W), {a} is {h}x{w} but {b} is {h2}x{w2}; "
             "pass image_size to resize them"
         )
     n = len(arrays)
@@ -336,7 +339,7 @@ def image_folder(
 def _image_size(image_size: int | Sequence[int] | None) -> tuple[int, int] | None:
     if image_size is None:
         return None
-    size = (image_size, image_size) if isinstance(image_size, (int, np.integer)) else tuple(image_size)
+    size = tuple(image_size) if isinstance(image_size, (tuple, list)) else (image_size, image_size)
     if len(size) != 2 or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 1 for s in size):
         raise DataError(f"image_size must be a positive int or (H, W), got {image_size!r}")
     return int(size[0]), int(size[1])
