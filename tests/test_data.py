@@ -1,4 +1,4 @@
-"""Tests of pushforward.data: toys, digits, MNIST, user files and the MAF tabular benchmarks.
+"""Tests of pushforward.data: toys, digits, MNIST, user files, image folders and the MAF tabular benchmarks.
 
 Expected arrays are re-derived here with a few lines of numpy/pandas that follow the documented
 procedure (the MAF paper's loaders), not with the package's own helpers.
@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from pushforward.data import (
+    IMAGE_NAMES,
     NAMES,
     TOYS,
     DataError,
@@ -25,9 +26,11 @@ from pushforward.data import (
     from_file,
     gas,
     hepmass,
+    image_folder,
     load,
     miniboone,
     mnist,
+    mnist_images,
     mnist_labels,
     power,
     read_array,
@@ -96,6 +99,15 @@ def test_digits_split_range_and_seed():
     assert not torch.equal(digits(seed=1).train, data.train)
 
 
+def test_digits_as_images():
+    rows, data = digits(seed=3), load("digits", seed=3, images=True)
+    assert sizes(data) == (1437, 179, 181) and data.event_shape == (1, 8, 8) and data.features == 64
+    assert data.image_shape == (1, 8, 8) and data.levels == 17 and data.space == "data"
+    for split in ("train", "valid", "test"):
+        assert torch.equal(getattr(data, split).flatten(1), getattr(rows, split))
+    assert rows.event_shape == (64,)
+
+
 # ---------------------------------------------------------------------------------------------
 # MNIST on the real files
 
@@ -153,6 +165,25 @@ def test_mnist_noise_follows_maf_order(mnist_data):
     np.testing.assert_allclose(mnist_data.test[:3].numpy(), np.log(p / (1 - p)), rtol=1e-6, atol=1e-6)
 
 
+@needs_mnist
+def test_mnist_as_images():
+    data = load("mnist", MNIST_DIR, images=True)  # seed 0
+    assert sizes(data) == (55_000, 5_000, 10_000) and data.event_shape == data.image_shape == (1, 28, 28)
+    assert data.space == "data" and data.to_data is None and data.levels == 256 and data.features == 784
+    train = read_idx(MNIST_DIR / "train-images-idx3-ubyte.gz")
+    test = read_idx(MNIST_DIR / "t10k-images-idx3-ubyte.gz")
+    np.testing.assert_array_equal(np.floor(data.valid.numpy()[:, 0]), train[55_000:])
+    x = data.test.numpy()
+    np.testing.assert_array_equal(np.floor(x[:, 0]), test)
+    assert x.min() >= 0 and x.max() < 256 and data.train.max() < 256
+    rng = np.random.RandomState(0)
+    for _ in range(12):  # the 60,000 training images draw first
+        rng.rand(5_000, 784)
+    np.testing.assert_allclose(x[:3].reshape(3, 784), test[:3].reshape(3, 784) + rng.rand(3, 784), rtol=0, atol=3e-5)
+    labels = [mnist_labels(MNIST_DIR, s, images=True) for s in ("train", "valid", "test")]
+    assert [len(a) for a in labels] == [55_000, 5_000, 10_000]
+
+
 # ---------------------------------------------------------------------------------------------
 # IDX files
 
@@ -208,6 +239,32 @@ def test_mnist_on_small_idx_files(tmp_path, compress):
     x, _ = data.to_data(torch.from_numpy(stacked(data)).double())
     np.testing.assert_array_equal(np.floor(x.numpy()), pixels)
     np.testing.assert_array_equal(mnist_labels(tmp_path / "mnist", "valid"), arrays["train-labels-idx1-ubyte"][10:])
+
+
+def test_mnist_images_on_small_idx_files(tmp_path):
+    arrays = write_mnist(tmp_path / "mnist")
+    data = load("mnist", str(tmp_path), images=True, seed=4)
+    assert sizes(data) == (11, 1, 6) and data.event_shape == (1, 4, 5) and data.image_shape == (1, 4, 5)
+    pixels = np.concatenate([arrays["train-images-idx3-ubyte"], arrays["t10k-images-idx3-ubyte"]])[:, None]
+    x = stacked(data)
+    np.testing.assert_array_equal(np.floor(x), pixels)
+    np.testing.assert_allclose(x, pixels + np.random.RandomState(4).rand(18, 1, 4, 5), rtol=0, atol=3e-5)
+    assert torch.equal(mnist_images(tmp_path, seed=4).test, data.test)
+    assert not torch.equal(mnist_images(tmp_path, seed=5).test, data.test)
+    np.testing.assert_array_equal(mnist_labels(tmp_path, "valid", images=True), arrays["train-labels-idx1-ubyte"][11:])
+
+
+def test_fashion_mnist_is_mnist_by_another_name(tmp_path):
+    arrays = write_mnist(tmp_path / "fashion-mnist")
+    assert "fashion-mnist" in NAMES and "fashion-mnist" in IMAGE_NAMES
+    images = load("Fashion-MNIST", tmp_path, images=True)
+    assert images.name == "fashion-mnist" and sizes(images) == (11, 1, 6)
+    rows = load("fashion-mnist", tmp_path)
+    assert rows.name == "fashion-mnist" and rows.space == "logit" and sizes(rows) == (10, 2, 6)
+    labels = mnist_labels(tmp_path, "test", name="fashion-mnist")
+    np.testing.assert_array_equal(labels, arrays["t10k-labels-idx1-ubyte"])
+    with pytest.raises(FileNotFoundError, match="looked for .*, mnist/train-images"):
+        load("mnist", tmp_path, images=True)  # looks in mnist/, not in fashion-mnist/
 
 
 def test_mnist_errors(tmp_path):
@@ -327,6 +384,45 @@ def test_missing_file_and_unknown_name(tmp_path):
     with pytest.raises(DataError, match="n must be between 1 and 1437"):
         load("digits", n=5000)
     assert set(TOYS) < set(NAMES) and issubclass(DataError, ValueError)
+
+
+def test_dataset_holds_examples_of_any_event_shape():
+    images = DataSet("img", torch.zeros(5, 1, 2, 3), torch.zeros(2, 1, 2, 3), torch.zeros(1, 1, 2, 3),
+                     image_shape=(1, 2, 3), levels=256)
+    assert images.event_shape == (1, 2, 3) and images.features == 6
+    assert repr(images) == (
+        "DataSet(name='img', features=6, event_shape=(1, 2, 3), train=5, valid=2, test=1, space='data')"
+    )
+    rows = DataSet("rows", torch.zeros(5, 6), torch.zeros(2, 6), torch.zeros(1, 6), image_shape=(1, 2, 3))
+    assert rows.event_shape == (6,) and rows.features == 6
+    bad = [
+        ((torch.zeros(5, 1, 2, 3), torch.zeros(2, 1, 2, 3), torch.zeros(1, 6)), {}, "same event shape"),
+        ((torch.zeros(5, 1, 2, 3), torch.zeros(2, 1, 3, 2), torch.zeros(1, 1, 2, 3)), {}, "same event shape"),
+        ((torch.zeros(5), torch.zeros(2), torch.zeros(1)), {}, r"\(N, \*event\)"),
+        ((torch.zeros(5, 1, 2, 3),) * 3, {"image_shape": (1, 3, 2)}, r"image_shape \(1, 3, 2\) does not match"),
+        ((torch.zeros(5, 6),) * 3, {"image_shape": (1, 2, 2)}, "does not match examples of shape"),
+    ]
+    for splits, kwargs, message in bad:
+        with pytest.raises(DataError, match=message):
+            DataSet("bad", *splits, **kwargs)
+
+
+def test_measure_sums_over_image_dimensions():
+    from pushforward.core import Flow
+    from pushforward.distributions import StandardNormal
+    from pushforward.experiment import measure
+    from pushforward.transforms.elementwise import Affine
+
+    x = torch.from_numpy(np.random.RandomState(0).rand(7, 1, 2, 3) * 256).float()
+    data = DataSet("img", x, x, x, image_shape=(1, 2, 3), levels=256)
+    flow = Flow(StandardNormal((1, 2, 3)), Affine(torch.full((1, 2, 3), 128.0), torch.full((1, 2, 3), 64.0), 3))
+    z = (x.double() - 128) / 64
+    expected = (-0.5 * z**2 - 0.5 * np.log(2 * np.pi) - np.log(64)).sum((1, 2, 3))
+    m = measure(flow, data)
+    assert m.log_likelihood_nats == pytest.approx(expected.mean().item(), rel=1e-5)
+    assert m.data_log_likelihood_nats == pytest.approx(m.log_likelihood_nats)
+    assert m.bits_per_dim == pytest.approx(-expected.mean().item() / (6 * np.log(2)), rel=1e-5)
+    assert m.stderr_nats == pytest.approx((expected.std() / np.sqrt(7)).item(), rel=1e-4)
 
 
 def test_read_array_and_dataset_checks(tmp_path, table):
@@ -473,3 +569,155 @@ def test_tabular_optional_imports(monkeypatch, tmp_path, module, loader):
     monkeypatch.setitem(sys.modules, module, None)
     with pytest.raises(ImportError, match=r"pip install pushforward\[tabular\]"):
         loader(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# a folder of images (tiny files written here with Pillow)
+
+
+def write_images(folder: Path, n: int, shape: tuple[int, ...] = (3, 5), seed: int = 0, suffix: str = ".png",
+                 prefix: str = "img", **save) -> list[np.ndarray]:
+    """n random 8-bit images of ``shape`` ((H, W) grey, (H, W, 3) RGB) named prefix00.png, ..."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = list(np.random.RandomState(seed).randint(0, 256, (n, *shape)).astype(np.uint8))
+    for i, a in enumerate(arrays):
+        Image.fromarray(a).save(folder / f"{prefix}{i:02d}{suffix}", **save)
+    return arrays
+
+
+def one_line_error(call, match: str) -> str:
+    with pytest.raises(DataError, match=match) as info:
+        call()
+    assert "\n" not in str(info.value)
+    return str(info.value)
+
+
+def test_image_folder_grey(tmp_path):
+    arrays = write_images(tmp_path / "faces", 12, (3, 5))
+    data = load(str(tmp_path / "faces"), images=True, seed=2)
+    assert data.name == "faces" and sizes(data) == (9, 1, 2)
+    assert data.event_shape == data.image_shape == (1, 3, 5) and data.features == 15
+    assert data.space == "data" and data.to_data is None and data.levels == 256
+    rng = np.random.RandomState(2)
+    pixels = np.stack(arrays)[rng.permutation(12)][:, None]
+    x = stacked(data)
+    assert x.dtype == np.float32 and x.min() >= 0 and x.max() < 256
+    np.testing.assert_array_equal(np.floor(x), pixels)
+    np.testing.assert_allclose(x, pixels + rng.rand(12, 1, 3, 5), rtol=0, atol=3e-5)
+    assert torch.equal(image_folder(tmp_path / "faces", seed=2).train, data.train)
+    assert not torch.equal(image_folder(tmp_path / "faces", seed=3).train, data.train)
+    rows = load(str(tmp_path / "faces"), seed=2)
+    assert rows.event_shape == (15,) and rows.image_shape == (1, 3, 5)
+    assert torch.equal(rows.test, data.test.flatten(1))
+    assert len(load(str(tmp_path / "faces"), images=True, n=4).train) == 4
+
+
+def test_image_folder_rgb_recursive_and_hidden(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "pictures"
+    grey = write_images(root, 6, (4, 4), prefix="a")
+    rgb = write_images(root / "sub", 5, (4, 4, 3), seed=1, prefix="b")
+    Image.fromarray(rgb[0]).convert("P").save(root / "sub" / "c.GIF")
+    Image.fromarray(rgb[1]).save(root / "d.bmp")
+    Image.fromarray(np.dstack([rgb[2], np.full((4, 4), 128, np.uint8)])).save(root / "e.png")  # RGBA
+    (root / ".DS_Store").write_bytes(b"\0\1")
+    (root / ".cache").mkdir()
+    (root / ".cache" / "notes.txt").write_text("hidden folders are skipped")
+    data = image_folder(root, seed=0)
+    assert sum(sizes(data)) == 14 and data.event_shape == data.image_shape == (3, 4, 4)
+    # Sorted by relative path: a00..a05, d.bmp, e.png, sub/b00..b04, sub/c.GIF.
+    order = np.random.RandomState(0).permutation(14)
+    x = np.floor(stacked(data))
+    first_grey = int(np.flatnonzero(order == 0)[0])
+    np.testing.assert_array_equal(x[first_grey], np.stack([grey[0]] * 3))
+    np.testing.assert_array_equal(x[int(np.flatnonzero(order == 7)[0])], rgb[2].transpose(2, 0, 1))
+    np.testing.assert_array_equal(x[int(np.flatnonzero(order == 8)[0])], rgb[0].transpose(2, 0, 1))
+
+
+@pytest.mark.parametrize("suffix", [".webp", ".jpeg", ".PNG"])
+def test_image_folder_other_formats(tmp_path, suffix):
+    from PIL import features
+
+    if suffix == ".webp" and not features.check("webp"):
+        pytest.skip("Pillow without WebP")
+    lossless = {"lossless": True} if suffix == ".webp" else {}
+    arrays = write_images(tmp_path / "f", 10, (8, 8, 3), suffix=suffix, **lossless)
+    data = image_folder(tmp_path / "f")
+    assert sizes(data) == (8, 1, 1) and data.event_shape == (3, 8, 8)
+    if suffix != ".jpeg":  # lossless formats give the pixels back exactly
+        pixels = np.stack(arrays)[np.random.RandomState(0).permutation(10)].transpose(0, 3, 1, 2)
+        np.testing.assert_array_equal(np.floor(stacked(data)), pixels)
+
+
+def test_image_folder_resize(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "sizes"
+    write_images(root, 5, (3, 5))
+    write_images(root, 5, (6, 2), prefix="tall")
+    Image.fromarray(np.full((7, 9), 77, np.uint8)).save(root / "constant.jpg")
+    assert image_folder(root, image_size=4).event_shape == (1, 4, 4)
+    data = load(str(root), images=True, image_size=(2, 3))
+    assert data.event_shape == (1, 2, 3) and sum(sizes(data)) == 11
+    x = np.floor(stacked(data))
+    constant = int(np.flatnonzero(np.random.RandomState(0).permutation(11) == 0)[0])  # sorted first
+    np.testing.assert_array_equal(x[constant], 77)
+
+
+def test_image_folder_errors(tmp_path):
+    from PIL import Image
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / ".hidden.png").write_bytes(b"")
+    one_line_error(lambda: image_folder(empty), f"{re.escape(str(empty))}: no image files")
+
+    readme = tmp_path / "readme"
+    write_images(readme, 10)
+    (readme / "README.txt").write_text("my pictures")
+    one_line_error(lambda: image_folder(readme), r"README\.txt: not an image file")
+
+    broken = tmp_path / "broken"
+    write_images(broken, 10)
+    (broken / "broken.png").write_text("not a png\nat all")
+    one_line_error(lambda: image_folder(broken), r"broken\.png: not a readable image")
+    good = (broken / "img00.png").read_bytes()
+    (broken / "broken.png").write_bytes(good[: len(good) // 2])
+    one_line_error(lambda: image_folder(broken), r"broken\.png: not a readable image")
+
+    deep = tmp_path / "deep"
+    write_images(deep, 10)
+    Image.fromarray(np.zeros((3, 5), np.uint16) + 1000).save(deep / "sixteen.png")
+    one_line_error(lambda: image_folder(deep), r"sixteen\.png: Pillow mode .* is not 8-bit")
+
+    mixed = tmp_path / "mixed"
+    write_images(mixed, 10, (3, 5))
+    write_images(mixed, 1, (4, 4), prefix="odd")
+    message = one_line_error(lambda: image_folder(mixed), "images of different sizes")
+    assert f"{mixed}: images of different sizes (H x W), img00.png is 3x5 but odd00.png is 4x4;" in message
+    assert "image_size" in message
+
+    few = tmp_path / "few"
+    write_images(few, 9)
+    one_line_error(lambda: image_folder(few), r"few: 9 images are too few to split")
+
+    for size in (0, (2,), (2, 0), "big", 2.5, True, (2, 3, 4)):
+        one_line_error(lambda: image_folder(few, image_size=size), "image_size must be a positive int or")
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        image_folder(tmp_path / "nowhere")
+
+
+def test_load_images_errors(tmp_path, table):
+    np.save(tmp_path / "table.npy", table)
+    write_images(tmp_path / "folder", 10)
+    for name in ("moons", "power", str(tmp_path / "table.npy")):
+        with pytest.raises(DataError, match="holds no images: images=True applies to digits, mnist, fashion-mnist"):
+            load(name, images=True)
+    for name in ("digits", "mnist", str(tmp_path / "table.npy")):
+        with pytest.raises(DataError, match="image_size applies to folders of images only"):
+            load(name, image_size=4)
+    with pytest.raises(DataError, match="test_path applies to files only"):
+        load(str(tmp_path / "folder"), test_path=str(tmp_path / "table.npy"))

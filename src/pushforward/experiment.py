@@ -93,6 +93,13 @@ class Metrics:
 def measure(flow: Flow, data: DataSet, split: str = "test", batch_size: int = 1000) -> Metrics:
     """Mean log-likelihood of a split with its standard error, in nats and bits/dim.
 
+    The flow's log-likelihood of each example (summed over all its event dimensions) is in the
+    reference space; minus the ladj of ``data.to_data`` it is in the data space, and for
+    dequantised data bits/dim = -log p(x) / (D log 2) with D = ``data.features``, the number of
+    elements of one example (C*H*W for images).
+
+    Shapes: the split (N, *event), batches of ``batch_size`` examples along the first dimension.
+
     Raises:
         ValueError: for an unknown split name.
     """

@@ -8,6 +8,7 @@ split them by a stated rule and standardise them, so each loader states only wha
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,8 @@ __all__ = [
 
 
 class DataError(ValueError):
-    """A data set or data file that cannot be used: empty, non-numeric, not 2-D, NaN/inf, too small.
+    """A data set or data file that cannot be used: empty, non-numeric, not 2-D, NaN/inf, too small,
+    not an image.
 
     The message is one line that names the file (or data set) and the problem, so a command-line
     tool can print it as it is.
@@ -36,8 +38,10 @@ class DataError(ValueError):
 class DataSet:
     r"""Train, validation and test splits of one data set, in the space a model is fitted in.
 
-    Shapes: ``train`` (N_train, D), ``valid`` (N_valid, D), ``test`` (N_test, D), all float32
-    tensors in the *reference space* named by ``space``.
+    Shapes: ``train`` (N_train, *event), ``valid`` (N_valid, *event), ``test`` (N_test, *event),
+    all float32 tensors in the *reference space* named by ``space``, one example per index of
+    the first dimension. The event shape is (D,) for vectors (toys, tabular sets, files, and
+    images as flattened rows) and (C, H, W) for images loaded as images.
 
     Attributes:
         name: the data set's name ("moons", "mnist", "power", or a file's stem).
@@ -48,13 +52,16 @@ class DataSet:
             direction, with its log-abs-det-Jacobian), or None when the two are the same. A
             density p_ref in the reference space gives the data-space log-density
             log p_ref(r) - ladj(r), with (x, ladj) = to_data(r).
-        image_shape: (C, H, W) of one example when the rows are flattened images, else None.
+        image_shape: (C, H, W) of one example when the data are images, whether stored as
+            flattened rows (event (C*H*W,)) or as images (event (C, H, W)); else None.
         levels: number of quantisation levels of the data space when the data are dequantised
             integers (256 for MNIST, 17 for digits): the data space is then [0, levels)^D and
             bits/dim are measured there. None for continuous data.
 
     Raises:
-        DataError: if the splits are not 2-D or do not share the number of features.
+        DataError: if a split has fewer than 2 dimensions, if the splits' event shapes differ,
+            or if ``image_shape`` does not match them (another number of elements, or another
+            shape when the examples are not flat).
     """
 
     name: str
@@ -68,17 +75,30 @@ class DataSet:
 
     def __post_init__(self) -> None:
         shapes = [tuple(t.shape) for t in (self.train, self.valid, self.test)]
-        if any(len(s) != 2 for s in shapes) or len({s[1] for s in shapes}) != 1:
-            raise DataError(f"{self.name}: splits must be 2-D with the same features, got shapes {shapes}")
+        if any(len(s) < 2 for s in shapes) or len({s[1:] for s in shapes}) != 1:
+            raise DataError(
+                f"{self.name}: splits must be (N, *event) with the same event shape (same features), "
+                f"got shapes {shapes}"
+            )
+        if self.image_shape is not None:
+            image_shape, event = tuple(self.image_shape), self.event_shape
+            if math.prod(image_shape) != self.features or (len(event) > 1 and event != image_shape):
+                raise DataError(f"{self.name}: image_shape {image_shape} does not match examples of shape {event}")
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        """Shape of one example: (D,) for vectors, (C, H, W) for images."""
+        return tuple(self.train.shape[1:])
 
     @property
     def features(self) -> int:
-        """Number of features D of one (flattened) example."""
-        return self.train.shape[1]
+        """Number of elements D of one example (the product of the event shape)."""
+        return math.prod(self.event_shape)
 
     def __repr__(self) -> str:
         sizes = f"train={len(self.train)}, valid={len(self.valid)}, test={len(self.test)}"
-        return f"DataSet(name={self.name!r}, features={self.features}, {sizes}, space={self.space!r})"
+        shape = "" if len(self.event_shape) == 1 else f"event_shape={self.event_shape}, "
+        return f"DataSet(name={self.name!r}, features={self.features}, {shape}{sizes}, space={self.space!r})"
 
 
 def check_array(array: np.ndarray, where: str) -> np.ndarray:
@@ -112,12 +132,12 @@ def check_array(array: np.ndarray, where: str) -> np.ndarray:
 
 
 def split(data: np.ndarray, n_train: int, n_valid: int, where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Split rows in order: the first ``n_train`` are train, the next ``n_valid`` valid, the rest test.
+    """Split examples in order: the first ``n_train`` are train, the next ``n_valid`` valid, the rest test.
 
     Every loader splits with this one function; the rule that gives the sizes is the loader's
     (:func:`fraction_sizes`, :func:`tail_sizes`, or the files' own splits stacked in order).
 
-    Shapes: data (N, D) -> (n_train, D), (n_valid, D), (N - n_train - n_valid, D).
+    Shapes: data (N, *event) -> (n_train, *event), (n_valid, *event), (N - n_train - n_valid, *event).
 
     Raises:
         DataError: if a split would be empty (too few rows); the message names ``where`` and N.
