@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from .core import Chain, Inverse, Transform
 from .transforms.autoregressive import MaskedAutoregressive
+from .transforms.convolution import Conv1x1, Conv1x1LU, EmergingConv, PeriodicConv
 from .transforms.coupling import Coupling, alternating_mask
 from .transforms.elementwise import AdditiveMap, Affine, AffineMap, Elementwise, Sigmoid, logit_preprocessing
 from .transforms.linear import LowerTriangular, Permutation
@@ -129,7 +130,10 @@ def _vector_examples() -> Iterator[tuple[str, Callable[[int], Transform], bool]]
 def _image_examples() -> Iterator[tuple[str, Callable[[int], Transform], bool]]:
     """(name, builder(context_features) -> transform, supports context) for transforms of
     images, whose base-side event shape is :data:`IMAGE` (C, H, W)."""
-    yield from ()
+    yield "convolution-1x1", lambda c: Conv1x1(IMAGE[0]), False
+    yield "convolution-1x1-lu", lambda c: Conv1x1LU(IMAGE[0]), False
+    yield "convolution-emerging", lambda c: EmergingConv(IMAGE[0]), False
+    yield "convolution-periodic", lambda c: PeriodicConv(IMAGE[0]), False
 
 
 def transform_examples(seed: int = 0) -> Iterator[tuple[str, Transform, tuple[int, ...], int]]:
