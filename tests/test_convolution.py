@@ -73,10 +73,10 @@ def test_emerging_forward_is_two_masked_convolutions_with_triangular_jacobians()
     torch.testing.assert_close(ladj, (20 * t.log_diagonal.sum()).expand(2))
 
 
-@pytest.mark.parametrize("kernel_size", [3, 5])
-def test_emerging_inverse_round_trips_on_a_non_square_image(kernel_size):
-    t = built(EmergingConv(3, kernel_size))
-    z = randn(2, 3, 5, 6)
+@pytest.mark.parametrize("shape, kernel_size", [((3, 5, 6), 3), ((3, 5, 6), 5), ((2, 1, 7), 3), ((2, 6, 2), 5)])
+def test_emerging_inverse_round_trips_on_a_non_square_image(shape, kernel_size):
+    t = built(EmergingConv(shape[0], kernel_size))
+    z = randn(2, *shape)
     x, ladj = t(z)
     z2, ladj2 = t.inverse(x)
     torch.testing.assert_close(z2, z, atol=1e-10, rtol=0)

@@ -40,7 +40,7 @@ def _conv2d(x: Tensor, kernel: Tensor, padding: int) -> Tensor:
 
 
 def _channel_matmul(matrix: Tensor, z: Tensor) -> Tensor:
-    """The same C x C matrix applied to the channels of every pixel: x[..., :, h, w] = matrix @ z[..., :, h, w]."""
+    """One C x C matrix applied to the channels of every pixel: x[..., :, h, w] = matrix @ z[..., :, h, w]."""
     return (matrix @ z.flatten(-2)).reshape(z.shape)
 
 
@@ -48,7 +48,8 @@ class Conv1x1(Transform):
     r"""Glow's invertible 1x1 convolution: one learned C x C matrix W mixes the channels of each pixel.
 
     x[:, h, w] = W z[:, h, w]; ladj = H W log|det W| (slogdet, O(C^3)); the inverse solves
-    W z = x for all pixels at once with one LU factorisation of W. Initialised at a random rotation drawn from torch's RNG.
+    W z = x for all pixels at once with one LU factorisation of W. Initialised at a random
+    rotation drawn from torch's RNG.
 
     Shapes: z, x (*batch, C, H, W); ladj (*batch,).
 
@@ -166,8 +167,10 @@ class EmergingConv(Transform):
     factor in raster order (pixel by pixel, channel by channel) is triangular, so
     ladj = H W sum_c d_c. Forward is two convolutions; the inverse solves K_2 pixel by pixel in
     reverse raster order, then K_1 in raster order, each step one C x C triangular solve for the
-    whole batch: O(H W) sequential steps. For density estimation, where ``inverse`` runs at every
-    training step, use ``Inverse(EmergingConv(...))``. Initialised at the identity.
+    whole batch; pixels that do not depend on each other (a wavefront) are solved together, so
+    there are O(H + W) sequential steps, (k // 2 + 1)(H - 1) + W per factor. For density
+    estimation, where ``inverse`` runs at every training step, use ``Inverse(EmergingConv(...))``.
+    Initialised at the identity.
 
     Shapes: z, x (*batch, C, H, W); ladj (*batch,).
 
@@ -241,8 +244,11 @@ def _autoregressive_solve(kernel: Tensor, x: Tensor, upper: bool) -> Tensor:
     """Solve conv2d(z, kernel, padding=k // 2) = x for z, with ``kernel`` masked so that the map is
     lower (``upper=False``: raster order) or upper (reverse raster order) triangular.
 
-    Each step takes one pixel for the whole batch: what the already solved pixels contribute
-    is subtracted, then the centre tap's C x C triangular system is solved.
+    Pixel (h, w) depends only on pixels in the rows before it within k // 2 columns and on those
+    to its left in its own row, so all the pixels of a wavefront (k // 2 + 1) h + w = t are
+    independent given the earlier wavefronts: (k // 2 + 1)(H - 1) + W sequential steps rather
+    than H W. Each step subtracts what the solved pixels contribute, then solves the centre
+    tap's C x C triangular system for every pixel of the front and every example at once.
 
     Shapes: kernel (C, C, k, k); x, z (N, C, H, W).
     """
@@ -254,12 +260,19 @@ def _autoregressive_solve(kernel: Tensor, x: Tensor, upper: bool) -> Tensor:
     neighbours[:, :, c, c] = 0
     neighbours = neighbours.flatten(1).T  # (C k k, C)
     z = x.new_zeros(n, channels, height + 2 * c, width + 2 * c)  # zero padding: the map is then triangular
-    pixels = [(h, w) for h in range(height) for w in range(width)]
-    for h, w in reversed(pixels) if upper else pixels:
-        # clone: the in-place writes of later steps must not change what autograd saved here
-        patch = z[:, :, h : h + k, w : w + k].clone().flatten(1)
-        rest = x[:, :, h, w] - patch @ neighbours
-        z[:, :, h + c, w + c] = _solve(centre, rest, upper=upper, unitriangular=upper)
+    offsets = torch.arange(k, device=x.device)
+    fronts = [[(h, t - (c + 1) * h) for h in range(height) if 0 <= t - (c + 1) * h < width]
+              for t in range((c + 1) * (height - 1) + width)]
+    for front in reversed(fronts) if upper else fronts:
+        if not front:  # images narrower than k // 2 + 1 leave gaps between the fronts
+            continue
+        hs, ws = torch.tensor(front, device=x.device).T
+        # advanced indexing copies: the in-place writes of later steps leave what autograd saved alone
+        patch = z[:, :, (hs[:, None] + offsets)[:, :, None], (ws[:, None] + offsets)[:, None, :]]  # (N, C, P, k, k)
+        patch = patch.transpose(1, 2).reshape(n * len(hs), channels * k * k)
+        rest = x[:, :, hs, ws].transpose(1, 2).reshape(n * len(hs), channels) - patch @ neighbours
+        solved = _solve(centre, rest, upper=upper, unitriangular=upper)
+        z[:, :, hs + c, ws + c] = solved.reshape(n, len(hs), channels).transpose(1, 2)
     return z[:, :, c : c + height, c : c + width]
 
 
@@ -332,6 +345,8 @@ class PeriodicConv(Transform):
         self._check(z.shape)
         height, width = z.shape[-2:]
         spectrum = self.spectrum(height, width)
+        if z.numel() == 0:  # MKL's FFT refuses an empty batch
+            return z.clone(), self._ladj(spectrum, z)
         x = torch.einsum("uvoi,...iuv->...ouv", spectrum, torch.fft.rfft2(z))
         return torch.fft.irfft2(x, s=(height, width)), self._ladj(spectrum, z)
 
@@ -339,6 +354,8 @@ class PeriodicConv(Transform):
         self._check(x.shape)
         height, width = x.shape[-2:]
         spectrum = self.spectrum(height, width)
+        if x.numel() == 0:
+            return x.clone(), -self._ladj(spectrum, x)
         flat = torch.fft.rfft2(x.reshape(-1, *x.shape[-3:]))  # (N, C, H, W // 2 + 1)
         z = torch.linalg.solve(spectrum, flat.permute(2, 3, 1, 0)).permute(3, 2, 0, 1)
         z = torch.fft.irfft2(z, s=(height, width)).reshape(x.shape)
