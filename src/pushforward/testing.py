@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from .core import Chain, Inverse, Transform
 from .transforms.autoregressive import MaskedAutoregressive
+from .transforms.convolution import Conv1x1, Conv1x1LU, EmergingConv, PeriodicConv
 from .transforms.coupling import Coupling, ImageCoupling, alternating_mask
 from .transforms.multiscale import MultiScale
 from .transforms.reshape import Squeeze
@@ -144,6 +145,10 @@ def _image_examples() -> Iterator[tuple[str, Callable[[int], Transform], bool]]:
     yield "multiscale-learned-prior", lambda c: MultiScale(
         inner(c), c0 // 2, ImageCoupling(c0, AffineMap(), "channel", 0, c, hidden_channels=0)), True
     yield "multiscale-standard-prior", lambda c: MultiScale(inner(c), c0 // 2), True
+    yield "convolution-1x1", lambda c: Conv1x1(IMAGE[0]), False
+    yield "convolution-1x1-lu", lambda c: Conv1x1LU(IMAGE[0]), False
+    yield "convolution-emerging", lambda c: EmergingConv(IMAGE[0]), False
+    yield "convolution-periodic", lambda c: PeriodicConv(IMAGE[0]), False
 
 
 def transform_examples(seed: int = 0) -> Iterator[tuple[str, Transform, tuple[int, ...], int]]:

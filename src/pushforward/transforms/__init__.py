@@ -1,6 +1,7 @@
 """Transforms, one module per family of flow."""
 
 from .autoregressive import MaskedAutoregressive
+from .convolution import Conv1x1, Conv1x1LU, EmergingConv, PeriodicConv
 from .coupling import Coupling, ImageCoupling, alternating_mask, checkerboard
 from .multiscale import MultiScale
 from .reshape import Squeeze
@@ -29,5 +30,5 @@ __all__ = [
     "BlockNeuralAutoregressive", "DeepSigmoidMap", "MaskedBlockLinear", "UMNNMap", "clenshaw_curtis",
     "InverseMap", "LeakyReLU", "Softplus", "Tanh", "numerical_inverse", "CubicSpline", "LinearRationalSpline",
     "PiecewiseLinear", "PiecewiseQuadratic", "cubic_spline", "linear_rational_spline", "with_linear_tails",
-    "BernsteinPolynomial", "SOSPolynomial", "bernstein_basis",
+    "BernsteinPolynomial", "SOSPolynomial", "bernstein_basis", "Conv1x1", "Conv1x1LU", "EmergingConv", "PeriodicConv",
 ]

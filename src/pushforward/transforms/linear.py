@@ -20,7 +20,7 @@ from ..nn.parameters import ContextParameters
 
 __all__ = [
     "Permutation", "Triangular", "LowerTriangular", "UpperTriangular", "ConvexCombinationTriangular",
-    "Householder", "householder", "LU", "QR", "Dense",
+    "Householder", "householder", "LU", "QR", "Dense", "lu_rotation", "lu_lower", "lu_upper",
 ]
 
 
@@ -268,6 +268,36 @@ class Householder(Transform):
         return householder(x, self.params(context)["vectors"], transpose=True), x.new_zeros(x.shape[:-1])
 
 
+def lu_rotation(features: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    r"""The LU parametrisation of a random rotation, Glow's initialisation of W = P L U.
+
+    Draws a rotation (QR of a Gaussian matrix, from torch's global RNG) and factors it,
+    W = P L U; returns ``(permutation, lower, upper, log_diagonal, sign)`` with
+    (P y)_i = y_{permutation[i]}, ``log_diagonal`` = log|diag U| and ``sign`` = sign(diag U),
+    which :func:`lu_lower` and :func:`lu_upper` turn back into L and U.
+
+    Shapes: permutation (D,) long; lower, upper (D, D); log_diagonal, sign (D,).
+
+    Reference: Kingma & Dhariwal. Glow: generative flow with invertible 1x1 convolutions.
+    NeurIPS 2018, section 3.2.
+    """
+    rotation = torch.linalg.qr(torch.randn(features, features))[0]
+    p, lower, upper = torch.linalg.lu(rotation)
+    diagonal = torch.diagonal(upper)
+    return p.argmax(-1), lower, upper, torch.log(diagonal.abs()), torch.sign(diagonal)
+
+
+def lu_lower(lower: Tensor) -> Tensor:
+    """The unit lower-triangular L = tril(lower, -1) + I, shape (D, D)."""
+    eye = torch.eye(lower.shape[-1], dtype=lower.dtype, device=lower.device)
+    return torch.tril(lower, -1) + eye
+
+
+def lu_upper(upper: Tensor, log_diagonal: Tensor, sign: Tensor) -> Tensor:
+    """The upper-triangular U = triu(upper, 1) + diag(sign * exp(log_diagonal)), shape (D, D)."""
+    return torch.triu(upper, 1) + torch.diag(sign * torch.exp(log_diagonal))
+
+
 class LU(Transform):
     r"""Affine map x = P L U z + b with the LU parametrisation of Glow's invertible 1x1 convolution.
 
@@ -287,21 +317,19 @@ class LU(Transform):
 
     def __init__(self, features: int):
         super().__init__()
-        rotation = torch.linalg.qr(torch.randn(features, features))[0]
-        p, lower, upper = torch.linalg.lu(rotation)
-        diagonal = torch.diagonal(upper)
-        self.permutation = Permutation(p.argmax(-1))  # (P y)_i = y_{perm[i]}
+        permutation, lower, upper, log_diagonal, sign = lu_rotation(features)
+        self.permutation = Permutation(permutation)
         self.lower = nn.Parameter(lower)
         self.upper = nn.Parameter(upper)
-        self.log_diagonal = nn.Parameter(torch.log(diagonal.abs()))
-        self.register_buffer("sign", torch.sign(diagonal))
+        self.log_diagonal = nn.Parameter(log_diagonal)
+        self.register_buffer("sign", sign)
         self.bias = nn.Parameter(torch.zeros(features))
 
     def _lower(self) -> Tensor:
-        return torch.tril(self.lower, -1) + torch.eye(len(self.bias), dtype=self.lower.dtype, device=self.lower.device)
+        return lu_lower(self.lower)
 
     def _upper(self) -> Tensor:
-        return torch.triu(self.upper, 1) + torch.diag(self.sign * torch.exp(self.log_diagonal))
+        return lu_upper(self.upper, self.log_diagonal, self.sign)
 
     def matrix(self) -> Tensor:
         """W = P L U, shape (features, features)."""
