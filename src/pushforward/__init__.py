@@ -12,6 +12,7 @@ from .flows import IAF, MAF, NSF, RealNVP
 from .flows import BNAF, NAF, NICE, UMNN
 from .flows import HouseholderFlow, LUFlow, PlanarFlow, RadialFlow, SylvesterFlow
 from .flows import BernsteinFlow, SOSFlow
+from .flows import Glow, RealNVPImage
 from .train import Evaluation, FitResult, evaluate, fit, log_likelihoods
 from . import targets, vae, vi
 
@@ -19,7 +20,7 @@ __all__ = [
     "Transform", "Chain", "Inverse", "Flow", "StandardNormal", "DiagNormal",
     "MAF", "IAF", "RealNVP", "NSF", "NICE", "NAF", "BNAF", "UMNN",
     "PlanarFlow", "RadialFlow", "SylvesterFlow", "HouseholderFlow", "LUFlow",
-    "SOSFlow", "BernsteinFlow",
+    "SOSFlow", "BernsteinFlow", "Glow", "RealNVPImage",
     "fit", "evaluate", "log_likelihoods", "FitResult", "Evaluation",
     "flows", "distributions", "transforms", "nn", "testing", "data",
     "targets", "vi", "vae",

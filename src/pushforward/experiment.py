@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from torch import Tensor
 from .core import Chain, Flow
 from .distributions import StandardNormal
 from .data import DataSet
-from .flows import PRESETS
+from .flows import IMAGE_PRESETS, PRESETS
 from .train import Evaluation, log_likelihoods, save_atomic
 from .transforms.elementwise import Affine
 from .transforms.linear import LowerTriangular
@@ -36,18 +37,30 @@ def standardisation(train: Tensor) -> tuple[Tensor, Tensor]:
     return train.mean(0), train.std(0).clamp(min=1e-6)
 
 
-def build_flow(flow: str, features: int, kwargs: dict, shift: Tensor | None = None,
+def build_flow(flow: str, features: int | Sequence[int], kwargs: dict, shift: Tensor | None = None,
                scale: Tensor | None = None) -> Flow:
-    """The preset ``flow`` ("maf", "nsf", ...) followed by x = shift + scale * y.
+    """The vector preset ``flow`` ("maf", "nsf", ...) followed by x = shift + scale * y, or the
+    image preset ``flow`` ("glow", "realnvp-image") of the image shape ``features``, which maps
+    to the pixel space itself.
 
-    Shapes: shift, scale (features,), the training data's mean and standard deviation
-    (zeros and ones when None, to be filled by ``load_state_dict``).
+    Shapes: features D or (C, H, W); shift, scale (D,), the training data's mean and standard
+    deviation (zeros and ones when None, to be filled by ``load_state_dict``), unused by
+    image presets.
 
     Raises:
-        ValueError: for an unknown preset name.
+        ValueError: for an unknown preset name, an image preset without an image shape, or a
+            vector preset with one.
     """
+    if flow in IMAGE_PRESETS:
+        if isinstance(features, int):
+            raise ValueError(f"--flow {flow} is an image flow and needs images (N, C, H, W), such as digits, "
+                             f"mnist or a folder of images; got vectors of {features} features")
+        return IMAGE_PRESETS[flow](features, **kwargs)
     if flow not in PRESETS:
-        raise ValueError(f"unknown flow {flow!r} (known: {', '.join(PRESETS)})")
+        raise ValueError(f"unknown flow {flow!r} (known: {', '.join([*PRESETS, *IMAGE_PRESETS])})")
+    if not isinstance(features, int):
+        raise ValueError(f"--flow {flow} is a vector flow and needs rows (N, D); got images of shape "
+                         f"{tuple(features)}: use an image flow ({', '.join(IMAGE_PRESETS)})")
     preset = PRESETS[flow](features, **kwargs)
     shift = torch.zeros(features) if shift is None else shift
     scale = torch.ones(features) if scale is None else scale
@@ -149,7 +162,8 @@ def load_run(out: str | os.PathLike, weights: str = MODEL) -> tuple[Flow, dict]:
             raise FileNotFoundError(f"{out / name} not found: is '{out}' a pushforward run folder?")
     try:
         config = json.loads((out / CONFIG).read_text())
-        flow = build_flow(config["flow"], config["features"], config["flow_kwargs"])
+        shape = config.get("event_shape")
+        flow = build_flow(config["flow"], tuple(shape) if shape else config["features"], config["flow_kwargs"])
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise ValueError(f"{out / CONFIG} is corrupted ({e})") from None
     try:

@@ -1,7 +1,8 @@
 r"""Named flows (presets), each a :class:`~pushforward.core.Flow` with its paper's defaults.
 
-Every preset takes ``(features, context_features=0, transforms=..., ...)``; ``PRESETS`` maps
-the names that ``pushforward fit --flow NAME`` accepts to the classes.
+Every vector preset takes ``(features, context_features=0, transforms=..., ...)`` and every
+image preset ``(shape, context_features=0, levels=..., ...)`` with shape (C, H, W); ``PRESETS``
+and ``IMAGE_PRESETS`` map the names that ``pushforward fit --flow NAME`` accepts to the classes.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import inspect
 
 from ..core import Flow
 from .classic import IAF, MAF, NSF, RealNVP, stack
+from .image import Glow, RealNVPImage
 from .neural import BNAF, NAF, NICE, UMNN
 from .linear import HouseholderFlow, LUFlow
 from .planar import PlanarFlow, RadialFlow, SylvesterFlow
@@ -17,7 +19,7 @@ from .polynomial import BernsteinFlow, SOSFlow
 
 __all__ = ["MAF", "IAF", "RealNVP", "NSF", "NICE", "NAF", "BNAF", "UMNN",
            "PlanarFlow", "RadialFlow", "SylvesterFlow", "HouseholderFlow", "LUFlow", "PRESETS", "preset_options", "stack",
-           "SOSFlow", "BernsteinFlow"]
+           "SOSFlow", "BernsteinFlow", "Glow", "RealNVPImage", "IMAGE_PRESETS"]
 
 PRESETS: dict[str, type[Flow]] = {
     "maf": MAF, "iaf": IAF, "realnvp": RealNVP, "nsf": NSF,
@@ -26,14 +28,17 @@ PRESETS: dict[str, type[Flow]] = {
     "lu": LUFlow,
     "sos": SOSFlow, "bernstein": BernsteinFlow,
 }
+IMAGE_PRESETS: dict[str, type[Flow]] = {"glow": Glow, "realnvp-image": RealNVPImage}
 
 
 def preset_options(name: str) -> set[str]:
-    """The keyword arguments that the preset ``name`` takes besides ``features``.
+    """The keyword arguments that the preset ``name`` (vector or image) takes besides its size
+    (``features`` or ``shape``).
 
     Raises:
         ValueError: for an unknown preset name.
     """
-    if name not in PRESETS:
-        raise ValueError(f"unknown flow {name!r} (known: {', '.join(sorted(PRESETS))})")
-    return set(inspect.signature(PRESETS[name]).parameters) - {"features"}
+    presets = {**PRESETS, **IMAGE_PRESETS}
+    if name not in presets:
+        raise ValueError(f"unknown flow {name!r} (known: {', '.join(sorted(presets))})")
+    return set(inspect.signature(presets[name]).parameters) - {"features", "shape"}

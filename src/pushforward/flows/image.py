@@ -1,0 +1,187 @@
+r"""Multi-scale image flows: Glow and Real NVP for images, each a :class:`~pushforward.core.Flow`
+from a standard normal of the image's shape to images of 8-bit (or other) pixels in [0, 256).
+
+Both are built level by level in the base -> data direction: a level squeezes its base part
+(C, H, W) to (4C, H/2, W/2), lets half of the channels go on to the next level and scores the
+other half (:class:`~pushforward.transforms.MultiScale`), applies its steps, and unsqueezes.
+The last part of each flow maps the flow's output to the pixel range, with its ladj, so
+``log_prob`` is in nats of the [0, pixel_levels)^D pixel space and bits/dim are
+-log_prob / (D log 2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from ..core import Chain, Flow, Inverse, Transform
+from ..distributions import StandardNormal
+from ..transforms.convolution import Conv1x1, Conv1x1LU, EmergingConv, PeriodicConv
+from ..transforms.coupling import ImageCoupling
+from ..transforms.elementwise import AdditiveMap, Affine, AffineMap, logit_preprocessing
+from ..transforms.multiscale import MultiScale
+from ..transforms.normalization import ActNorm
+from ..transforms.reshape import Squeeze
+
+__all__ = ["Glow", "RealNVPImage", "image_shape"]
+
+_CONVOLUTIONS: dict[str, Callable[[int], Transform]] = {
+    "lu": Conv1x1LU, "1x1": Conv1x1, "emerging": EmergingConv, "periodic": PeriodicConv,
+}
+_COUPLINGS = {"affine": AffineMap, "additive": AdditiveMap}
+
+
+def image_shape(shape: Sequence[int], levels: int, squeezes: int) -> tuple[int, int, int]:
+    """Check an image shape (C, H, W) for a flow of ``levels`` levels that squeezes ``squeezes``
+    times, and return it as a tuple.
+
+    Raises:
+        ValueError: if the shape is not (C, H, W) of positive sizes, if ``levels`` < 1, or if H
+            and W are not divisible by 2^squeezes.
+    """
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"an image flow needs an image shape (C, H, W), got {shape}")
+    if levels < 1:
+        raise ValueError(f"levels must be at least 1, got {levels}")
+    f = 2**squeezes
+    if shape[1] % f or shape[2] % f:
+        raise ValueError(f"{levels} level(s) halve the image {squeezes} time(s): height and width "
+                         f"{shape[1]}x{shape[2]} must be divisible by {f}")
+    return shape  # type: ignore[return-value]
+
+
+def _choice(table: dict, name: str, what: str):
+    if name not in table:
+        raise ValueError(f"unknown {what} {name!r}; choose {', '.join(table)}")
+    return table[name]
+
+
+def _glow_level(channels: int, levels: int, steps: int, step: Callable[[int, int], list[Transform]],
+                prior: Callable[[int], Transform]) -> Chain:
+    """One Glow level of base part (channels, H, W) and the levels below it, base -> data."""
+    c4 = 4 * channels
+    parts: list[Transform] = [Squeeze()]
+    if levels > 1:
+        parts.append(MultiScale(_glow_level(2 * channels, levels - 1, steps, step, prior), 2 * channels, prior(c4)))
+    for k in reversed(range(steps)):
+        parts += step(c4, k)
+    return Chain(*parts, Inverse(Squeeze()))
+
+
+class Glow(Flow):
+    r"""Glow: a multi-scale flow of steps (ActNorm, invertible 1x1 convolution, affine coupling).
+
+    Data -> base, at each of the L levels: squeeze; K steps, each ActNorm (per channel), an
+    invertible 1x1 convolution (LU-decomposed by default) and an affine coupling on the channels
+    whose conditioner is Glow's three convolutions (3x3, 1x1, zero-initialised 3x3); then, but
+    at the last level, half of the channels leave the flow with a learned conditional Gaussian
+    prior given the other half (a zero-initialised 3x3 convolution giving its mean and
+    log-scale). Pixels x in [0, pixel_levels) are first mapped to x / pixel_levels - 1/2, as in
+    the paper (ladj -D log pixel_levels), so ``log_prob`` is in nats of the pixel space.
+    Sampling at a temperature T < 1 (``sample(..., temperature=0.7)``) scales the base's
+    standard deviation (section 5).
+
+    Shapes: x (*batch, C, H, W); context (*batch, context_features); log_prob (*batch,) nats.
+    The base (and ``encode``'s latent) has the image's shape (C, H, W).
+
+    Reference: Kingma & Dhariwal. Glow: generative flow with invertible 1x1 convolutions.
+    NeurIPS 2018. arXiv:1807.03039 (section 3, table 1, figure 2).
+
+    Args:
+        shape: the image shape (C, H, W); H and W divisible by 2^levels.
+        context_features: size of the context, 0 for none (it enters every conditioner as
+            constant channels).
+        levels: number of levels L.
+        steps: steps per level K.
+        hidden_channels: hidden channels of each coupling's conditioner.
+        coupling: "affine" (Glow) or "additive" (NICE-like, volume preserving).
+        convolution: the invertible channel mixing: "lu" (LU-decomposed 1x1, the paper's
+            faster variant), "1x1" (plain), "emerging" or "periodic" (Hoogeboom et al. 2019,
+            3x3 kernels).
+        pixel_levels: the data lie in [0, pixel_levels); None for data already centred.
+
+    Raises:
+        ValueError: for a bad shape, sizes below 1, or an unknown coupling or convolution.
+    """
+
+    def __init__(self, shape: Sequence[int], context_features: int = 0, levels: int = 3, steps: int = 32,
+                 hidden_channels: int = 512, coupling: str = "affine", convolution: str = "lu",
+                 pixel_levels: int | None = 256):
+        shape = image_shape(shape, levels, levels)
+        if steps < 1 or hidden_channels < 1:
+            raise ValueError(f"steps and hidden_channels must be at least 1, got {steps} and {hidden_channels}")
+        elementwise_map = _choice(_COUPLINGS, coupling, "coupling")
+        mixing = _choice(_CONVOLUTIONS, convolution, "convolution")
+
+        def step(c: int, k: int) -> list[Transform]:  # data -> base: ActNorm, mixing, coupling
+            return [ImageCoupling(c, elementwise_map(), "channel", k % 2, context_features, hidden_channels),
+                    mixing(c), ActNorm(c, event_dims=3)]
+
+        def prior(c: int) -> Transform:
+            return ImageCoupling(c, AffineMap(), "channel", 0, context_features, hidden_channels=0)
+
+        parts: list[Transform] = [_glow_level(shape[0], levels, steps, step, prior)]
+        if pixel_levels is not None:
+            parts.append(Affine(torch.tensor(pixel_levels / 2), torch.tensor(float(pixel_levels)), event_dims=3))
+        super().__init__(StandardNormal(shape), Chain(*parts))
+
+
+def _realnvp_scale(channels: int, levels: int, couplings: Callable[[int, str, int], list[Transform]]) -> Chain:
+    """One Real NVP scale of base part (channels, H, W) and the scales below it, base -> data."""
+    if levels == 1:
+        return Chain(*couplings(channels, "checkerboard", 4))
+    c4 = 4 * channels
+    inner = MultiScale(_realnvp_scale(2 * channels, levels - 1, couplings), 2 * channels)
+    return Chain(Squeeze(), inner, *couplings(c4, "channel", 3), Inverse(Squeeze()),
+                 *couplings(channels, "checkerboard", 3))
+
+
+class RealNVPImage(Flow):
+    r"""Real NVP for images: multi-scale affine couplings with checkerboard and channel masks.
+
+    Data -> base, at each scale but the last: three affine couplings with alternating
+    checkerboard masks, a squeeze, three with alternating channel masks, then half of the
+    channels leave the flow (standard normal, no learned prior); the last scale is four
+    checkerboard couplings. Conditioners are ResNets (``blocks`` residual blocks of
+    ``hidden_channels``); an ActNorm follows each coupling in place of the paper's batch
+    normalisation. Pixels x in [0, pixel_levels) first go to logit space,
+    r = logit(alpha + (1 - 2 alpha) x / pixel_levels) with alpha = 0.05 (section 4.1), with its
+    ladj, so ``log_prob`` is in nats of the pixel space.
+
+    Shapes: as :class:`Glow`.
+
+    Reference: Dinh, Sohl-Dickstein & Bengio. Density estimation using Real NVP. ICLR 2017.
+    arXiv:1605.08803 (sections 3.4-3.6, 4.1).
+
+    Args:
+        shape: the image shape (C, H, W); H and W divisible by 2^(levels - 1).
+        context_features: size of the context, 0 for none.
+        levels: number of scales.
+        hidden_channels: hidden channels of each conditioner.
+        blocks: residual blocks of each conditioner.
+        alpha: the logit margin.
+        pixel_levels: the data lie in [0, pixel_levels); None for data already in logit space.
+
+    Raises:
+        ValueError: for a bad shape or sizes below 1.
+    """
+
+    def __init__(self, shape: Sequence[int], context_features: int = 0, levels: int = 2, hidden_channels: int = 64,
+                 blocks: int = 4, alpha: float = 0.05, pixel_levels: int | None = 256):
+        shape = image_shape(shape, levels, levels - 1)
+        if hidden_channels < 1 or blocks < 0:
+            raise ValueError(f"hidden_channels must be at least 1 and blocks at least 0, got {hidden_channels}, {blocks}")
+
+        def couplings(c: int, mask: str, n: int) -> list[Transform]:  # base -> data order
+            layers: list[Transform] = []
+            for k in reversed(range(n)):
+                layers += [ImageCoupling(c, AffineMap(), mask, k % 2, context_features, hidden_channels, blocks),
+                           ActNorm(c, event_dims=3)]
+            return layers
+
+        parts: list[Transform] = [_realnvp_scale(shape[0], levels, couplings)]
+        if pixel_levels is not None:
+            parts.append(logit_preprocessing(alpha, pixel_levels, event_dims=3))
+        super().__init__(StandardNormal(shape), Chain(*parts))
