@@ -714,7 +714,7 @@ def test_load_images_errors(tmp_path, table):
     np.save(tmp_path / "table.npy", table)
     write_images(tmp_path / "folder", 10)
     for name in ("moons", "power", str(tmp_path / "table.npy")):
-        with pytest.raises(DataError, match="holds no images: images=True applies to digits, mnist, fashion-mnist"):
+        with pytest.raises(DataError, match="holds no images: image flows need images \\(digits, mnist, fashion-mnist"):
             load(name, images=True)
     for name in ("digits", "mnist", str(tmp_path / "table.npy")):
         with pytest.raises(DataError, match="image_size applies to folders of images only"):

@@ -34,7 +34,7 @@ def test_the_whole_preset_is_exact(name, context_features):
 @pytest.mark.parametrize("convolution", ["1x1", "emerging", "periodic"])
 def test_glow_takes_each_invertible_convolution(convolution):
     torch.manual_seed(0)
-    flow = pf.Glow((1, 6, 6), levels=1, steps=2, hidden_channels=8, coupling="additive", convolution=convolution,
+    flow = pf.Glow((1, 6, 6), levels=1, steps=2, hidden_channels=8, additive=True, convolution=convolution,
                    pixel_levels=None)
     flow = testing.perturb(flow.double(), scale=0.1).eval()
     z = torch.randn(2, 1, 6, 6, dtype=torch.float64)

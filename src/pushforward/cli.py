@@ -11,6 +11,7 @@ in an existing run folder is changed.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -27,15 +28,17 @@ from .experiment import (CHECKPOINT, CONFIG, METRICS, build_flow, gaussian_basel
                          save_run, standardisation, write_json)
 from .cli_common import fresh_out, hidden_sizes, one_line_errors, preset_kwargs, run_options, torch_device
 from .cli_vi import vae, vi
-from .flows import PRESETS
+from .flows import IMAGE_PRESETS, PRESETS
 from .train import fit as fit_flow
 
 __all__ = ["main"]
 
 
 def _load_data(spec: dict) -> datasets.DataSet:
+    size = spec.get("image_size")
     return datasets.load(spec["name"], spec.get("data_dir"), seed=spec.get("seed", 0),
-                         test_path=spec.get("test_path"), n=spec.get("n"))
+                         test_path=spec.get("test_path"), n=spec.get("n"), images=spec.get("images", False),
+                         image_size=size if size is None or len(size) > 1 else size[0])
 
 
 def _emit(metrics: dict, as_json: bool) -> None:
@@ -55,10 +58,12 @@ def _metrics(flow, dataset, split: str, seconds: float, out: Path) -> dict:
 
 
 def _gaussian_metrics(dataset) -> dict | None:
-    """Test metrics of the full-covariance Gaussian, or None when its covariance is singular
-    (a constant or collinear column, which the flow's standardisation tolerates)."""
+    """Test metrics of the full-covariance Gaussian (of the flattened examples, for images), or
+    None when its covariance is singular (a constant or collinear column, which the flow's
+    standardisation tolerates)."""
+    rows = dataclasses.replace(dataset, **{s: getattr(dataset, s).flatten(1) for s in ("train", "valid", "test")})
     try:
-        return asdict(measure(gaussian_baseline(dataset.train), dataset, "test"))
+        return asdict(measure(gaussian_baseline(rows.train), rows, "test"))
     except ValueError:
         return None
 
@@ -71,6 +76,7 @@ def _plots(out: Path, flow, dataset, history: list[dict]) -> None:
     if dataset.features == 2:
         plots.density_2d(flow, dataset.test, out / "density.png")
     if dataset.image_shape is not None:
+        torch.manual_seed(0)
         plots.image_grid(_data_space(flow.sample((64,)).float(), dataset), dataset.image_shape,
                          dataset.levels or 256, out / "samples.png")
 
@@ -94,8 +100,9 @@ def main():
                    "digits, mnist, power, gas, hepmass, miniboone, bsds300) or a .csv/.npy/.npz file of shape (N, D).")
 @click.option("--data-dir", type=click.Path(), help="Folder of a data set that is read from disk (mnist, power, ...).")
 @click.option("--test-file", type=click.Path(), help="A separate test file; --data is then split 90/10 into train/valid.")
-@click.option("--flow", "flow_name", type=click.Choice(sorted(PRESETS)), default="maf", show_default=True,
-              help="The flow preset.")
+@click.option("--flow", "flow_name", type=click.Choice(sorted([*PRESETS, *IMAGE_PRESETS])), default="maf",
+              show_default=True, help="The flow preset; glow and realnvp-image model images (digits, mnist, "
+                                      "fashion-mnist or a folder of images) as images.")
 @click.option("--transforms", type=int, default=None, help="Number of flow layers (default: the preset's).")
 @click.option("--hidden-features", default=None,
               help="Hidden layer sizes of each conditioner, e.g. 512,512 (default: the preset's).")
@@ -104,6 +111,17 @@ def main():
               help="Autoregressive or coupling layers (nsf).")
 @click.option("--normalization", type=click.Choice(["none", "batch", "act"]), default="none", show_default=True,
               help="Normalisation layer between flow layers.")
+@click.option("--levels", type=click.IntRange(min=1), default=None,
+              help="Image flows: number of levels (scales) of the multi-scale architecture (default: the preset's).")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="glow: flow steps per level.")
+@click.option("--hidden-channels", type=click.IntRange(min=1), default=None,
+              help="Image flows: hidden channels of each convolutional conditioner.")
+@click.option("--blocks", type=click.IntRange(min=0), default=None, help="realnvp-image: residual blocks per conditioner.")
+@click.option("--convolution", type=click.Choice(["lu", "1x1", "emerging", "periodic"]), default=None,
+              help="glow: the invertible convolution that mixes the channels (default lu).")
+@click.option("--additive", is_flag=True, default=None, help="glow: additive instead of affine couplings.")
+@click.option("--image-size", default=None,
+              help="A folder of images: resize every image to this size, e.g. 32 or 28,28 (H,W).")
 @click.option("--epochs", type=int, default=100, show_default=True, help="Largest number of epochs.")
 @click.option("--batch-size", type=int, default=128, show_default=True, help="Mini-batch size.")
 @click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate.")
@@ -130,7 +148,7 @@ def main():
                    "--epochs and --max-minutes may be changed).")
 @one_line_errors
 def fit(data, data_dir, test_file, flow_name, transforms, hidden_features, bins, autoregressive, normalization,
-        epochs, batch_size, lr, weight_decay, schedule, clip_grad, patience, max_minutes, seed, float64, compiled,
+        levels, steps, hidden_channels, blocks, convolution, additive, image_size, epochs, batch_size, lr, weight_decay, schedule, clip_grad, patience, max_minutes, seed, float64, compiled,
         device, threads, nproc, out, overwrite, resume, as_json, quiet):
     """Train a flow by maximum likelihood and write a run folder.
 
@@ -167,10 +185,13 @@ def fit(data, data_dir, test_file, flow_name, transforms, hidden_features, bins,
         kwargs = preset_kwargs(flow_name, {
             "transforms": transforms, "normalization": None if normalization == "none" else normalization,
             "hidden_features": hidden_sizes(hidden_features) if hidden_features else None, "bins": bins,
-            "autoregressive": autoregressive})
+            "autoregressive": autoregressive, "levels": levels, "steps": steps, "hidden_channels": hidden_channels,
+            "blocks": blocks, "convolution": convolution, "additive": additive})
         config = {
             "flow": flow_name, "flow_kwargs": kwargs,
-            "data": {"name": data, "data_dir": data_dir, "seed": seed, "test_path": test_file},
+            "data": {"name": data, "data_dir": data_dir, "seed": seed, "test_path": test_file,
+                     "images": flow_name in IMAGE_PRESETS,
+                     "image_size": list(hidden_sizes(image_size, "--image-size")) if image_size else None},
             "train": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
                       "schedule": None if schedule == "none" else schedule, "clip_grad": clip_grad,
                       "patience": patience, "max_minutes": max_minutes, "seed": seed,
@@ -213,7 +234,12 @@ def _fit_job(job: dict) -> str:
         torch.manual_seed(config["train"]["seed"])
         config["features"] = dataset.features
         config["data"].update(space=dataset.space, levels=dataset.levels, image_shape=dataset.image_shape)
-        flow = build_flow(config["flow"], dataset.features, config["flow_kwargs"], *standardisation(dataset.train))
+        if config["data"].get("images"):
+            config["event_shape"] = list(dataset.event_shape)
+            config["flow_kwargs"]["pixel_levels"] = dataset.levels  # the preset maps to [0, levels)
+            flow = build_flow(config["flow"], dataset.event_shape, config["flow_kwargs"])
+        else:
+            flow = build_flow(config["flow"], dataset.features, config["flow_kwargs"], *standardisation(dataset.train))
         if lead:
             save_run(out, flow, config)
     else:
@@ -276,9 +302,13 @@ def evaluate(run, data, data_dir, split, as_json, device):
     if data is not None:
         spec.update(name=data, data_dir=data_dir, test_path=None)
     dataset = _load_data(spec)
-    if dataset.features != config["features"]:
-        raise click.ClickException(f"the data have {dataset.features} columns, the model in '{run}' "
-                                   f"was trained on {config['features']}")
+    trained = tuple(config.get("event_shape") or (config["features"],))
+    if dataset.event_shape != trained:
+        def described(shape: tuple) -> str:
+            return f"{shape[0]} columns" if len(shape) == 1 else f"images of shape {shape}"
+
+        raise click.ClickException(f"the data have {described(dataset.event_shape)}, the model in '{run}' "
+                                   f"was trained on {described(trained)}")
     _emit(_metrics(flow, dataset, split, time.perf_counter() - start, Path(run)), as_json)
 
 
@@ -288,12 +318,14 @@ def evaluate(run, data, data_dir, split, as_json, device):
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True,
               help="Output file: .npy, .csv, or .png (an image grid for image data, a scatter plot otherwise).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="Scale of the base's standard deviation (Glow's temperature; below 1: smoother, typical samples).")
 @click.option("--reference-space", is_flag=True,
               help="Write samples in the reference space (e.g. logits for mnist) instead of the data space.")
 @click.option("--device", default="cpu", show_default=True,
               help="Torch device to sample on: cpu, cuda, mps (one seed gives different samples on each).")
 @one_line_errors
-def sample(run, count, output, seed, reference_space, device):
+def sample(run, count, output, seed, temperature, reference_space, device):
     """Draw N samples from a trained flow and write them to a file."""
     suffix = Path(output).suffix.lower()
     if suffix not in (".npy", ".csv", ".png"):
@@ -302,14 +334,14 @@ def sample(run, count, output, seed, reference_space, device):
     flow, config = load_run(run)
     flow.to(device)
     torch.manual_seed(seed)
-    x = flow.sample((count,)).cpu()
+    x = flow.sample((count,), temperature=temperature).cpu()
     meta = config["data"]
     if not reference_space and meta.get("space", "data") != "data":
         x = _data_space(x, _load_data(meta))
     if suffix == ".npy":
         np.save(output, x.numpy())
     elif suffix == ".csv":
-        np.savetxt(output, x.numpy(), delimiter=",")
+        np.savetxt(output, x.flatten(1).numpy(), delimiter=",")
     else:
         _sample_png(x, meta, output)
     click.echo(f"wrote {count} samples to {output}")

@@ -79,8 +79,9 @@ def fresh_out(out: str | Path | None, default: str, overwrite: bool, hint: str =
     return out
 
 
-def hidden_sizes(text: str) -> tuple[int, ...]:
-    """Hidden layer sizes from "512,512" (or "512x512").
+def hidden_sizes(text: str, option: str | None = None) -> tuple[int, ...]:
+    """Sizes from "512,512" (or "512x512"): hidden layer sizes, or an image size (``option``
+    names the option in the message).
 
     Raises:
         click.BadParameter: for anything but positive integers.
@@ -88,9 +89,9 @@ def hidden_sizes(text: str) -> tuple[int, ...]:
     try:
         sizes = tuple(int(s) for s in text.replace("x", ",").split(",") if s.strip())
     except ValueError:
-        raise click.BadParameter(f"expected sizes like 512,512, got {text!r}") from None
+        raise click.BadParameter(f"expected sizes like 512,512, got {text!r}", param_hint=option) from None
     if not sizes or min(sizes) < 1:
-        raise click.BadParameter(f"expected positive sizes like 512,512, got {text!r}")
+        raise click.BadParameter(f"expected positive sizes like 512,512, got {text!r}", param_hint=option)
     return sizes
 
 

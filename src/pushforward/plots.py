@@ -59,14 +59,20 @@ def density_2d(flow: Flow, data: Tensor, path: str | os.PathLike, resolution: in
 
 
 def image_grid(images: Tensor, image_shape: tuple[int, ...], levels: int, path: str | os.PathLike) -> None:
-    """Save flattened images (N, C*H*W) in [0, levels) as a grey-scale grid PNG (clipped)."""
+    """Save images in [0, levels) as one grid PNG (values clipped): grey for one channel, in colour
+    for three (other channel counts are averaged to grey).
+
+    Shapes: images (N, C*H*W) or (N, C, H, W) with image_shape (C, H, W).
+    """
     n = len(images)
     cols = math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
     c, h, w = image_shape
-    canvas = np.zeros((rows * (h + 1), cols * (w + 1)))
-    pixels = images.reshape(n, c, h, w).mean(1).clamp(0, levels - 1e-6).floor().numpy()
+    pixels = images.reshape(n, c, h, w).floor().clamp(0, levels - 1) / (levels - 1)
+    pixels = (pixels if c == 3 else pixels.mean(1, keepdim=True).expand(n, 3, h, w)).permute(0, 2, 3, 1).numpy()
+    canvas = np.zeros((rows * (h + 1), cols * (w + 1), 3))
     for i in range(n):
         r, k = divmod(i, cols)
         canvas[r * (h + 1) : r * (h + 1) + h, k * (w + 1) : k * (w + 1) + w] = pixels[i]
-    plt.imsave(path, canvas, cmap="gray", vmin=0, vmax=levels - 1)
+    zoom = max(1, 512 // max(canvas.shape[:2]))  # small images (8 x 8 digits) enlarged, pixels kept sharp
+    plt.imsave(path, canvas.repeat(zoom, 0).repeat(zoom, 1))

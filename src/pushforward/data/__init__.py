@@ -90,7 +90,8 @@ def load(
         raise DataError(f"image_size applies to folders of images only, not to {name_or_path!r}")
     if images and not (key in IMAGE_NAMES or folder):
         raise DataError(
-            f"{name_or_path!r} holds no images: images=True applies to {', '.join(IMAGE_NAMES)} and folders of images"
+            f"{name_or_path!r} holds no images: image flows need images ({', '.join(IMAGE_NAMES)} or a folder of "
+            f"images)"
         )
     if key in TOYS:
         return toy_dataset(key, 10_000 if n is None else n, seed)

@@ -29,7 +29,6 @@ __all__ = ["Glow", "RealNVPImage", "image_shape"]
 _CONVOLUTIONS: dict[str, Callable[[int], Transform]] = {
     "lu": Conv1x1LU, "1x1": Conv1x1, "emerging": EmergingConv, "periodic": PeriodicConv,
 }
-_COUPLINGS = {"affine": AffineMap, "additive": AdditiveMap}
 
 
 def image_shape(shape: Sequence[int], levels: int, squeezes: int) -> tuple[int, int, int]:
@@ -96,23 +95,23 @@ class Glow(Flow):
         levels: number of levels L.
         steps: steps per level K.
         hidden_channels: hidden channels of each coupling's conditioner.
-        coupling: "affine" (Glow) or "additive" (NICE-like, volume preserving).
+        additive: additive couplings (NICE's, volume preserving) instead of Glow's affine ones.
         convolution: the invertible channel mixing: "lu" (LU-decomposed 1x1, the paper's
             faster variant), "1x1" (plain), "emerging" or "periodic" (Hoogeboom et al. 2019,
             3x3 kernels).
         pixel_levels: the data lie in [0, pixel_levels); None for data already centred.
 
     Raises:
-        ValueError: for a bad shape, sizes below 1, or an unknown coupling or convolution.
+        ValueError: for a bad shape, sizes below 1, or an unknown convolution.
     """
 
     def __init__(self, shape: Sequence[int], context_features: int = 0, levels: int = 3, steps: int = 32,
-                 hidden_channels: int = 512, coupling: str = "affine", convolution: str = "lu",
+                 hidden_channels: int = 512, additive: bool = False, convolution: str = "lu",
                  pixel_levels: int | None = 256):
         shape = image_shape(shape, levels, levels)
         if steps < 1 or hidden_channels < 1:
             raise ValueError(f"steps and hidden_channels must be at least 1, got {steps} and {hidden_channels}")
-        elementwise_map = _choice(_COUPLINGS, coupling, "coupling")
+        elementwise_map = AdditiveMap if additive else AffineMap
         mixing = _choice(_CONVOLUTIONS, convolution, "convolution")
 
         def step(c: int, k: int) -> list[Transform]:  # data -> base: ActNorm, mixing, coupling
