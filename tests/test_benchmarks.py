@@ -159,3 +159,37 @@ def test_spline_benchmark_times_every_piece():
 
     medians = spline.main(["--repeats", "1", "--calls", "1", "--threads", "1"])
     assert len(medians) == 6 and all(t > 0 for t in medians.values())
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_glow_benchmark_runs_side_by_side_on_digits():
+    from benchmarks import glow
+
+    lines = []
+    result = glow.main(["--data", "digits", "--levels", "1", "--steps", "1", "--hidden", "4", "--repeats", "2",
+                        "--turn", "2", "--warmup", "1", "--no-memory"], log=lines.append)
+    ours = result["libraries"]["pushforward"]
+    assert len(ours["images_per_second"]) == 2 and math.isfinite(ours["test_bits_per_dim"])
+    assert ours["test_bits_per_dim"] > 0
+    if "normflows" in result["libraries"]:
+        assert len(result["throughput_ratio"]) == 2
+        assert math.isfinite(result["libraries"]["normflows"]["test_bits_per_dim"])
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_glow_peers_score_the_same_pixel_space():
+    """After ActNorm's data-dependent initialisation on the same batch, both Glows are a standard
+    normal of the standardised pixels (zero-initialised couplings, rotations): their bits/dim of
+    the same uniform pixels agree, which checks that both are scored in the [0, 256) pixel space."""
+    from benchmarks import glow
+
+    pytest.importorskip("normflows")
+    x = torch.rand(500, 1, 8, 8) * 256
+    values = []
+    for name in glow.LIBRARIES:
+        model = glow.build(name, (1, 8, 8), 1, 1, 4, 256)
+        model.module.train()
+        with torch.no_grad():
+            model.nll(x)
+        values.append(glow.bits_per_dim(model, x)[0])
+    assert abs(values[0] - values[1]) < 0.02, values
