@@ -69,6 +69,14 @@ def test_image_options_and_data_mismatches_are_one_line_errors(args, message, tm
     assert result.exit_code != 0 and len(errors) == 1 and message in errors[0], result.output
 
 
+def test_a_vector_flow_on_a_folder_of_images_is_a_one_line_error(tmp_path):
+    folder = write_images(tmp_path / "pictures")
+    result = run("fit", "--data", folder, "--flow", "maf", "--epochs", "1", "--out", tmp_path / "run", ok=False)
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert result.exit_code == 1 and len(errors) == 1 and "vector flow and needs rows" in errors[0]
+    assert not (tmp_path / "run" / "model.pt").exists()
+
+
 def test_a_folder_of_mixed_sizes_is_a_one_line_error(tmp_path):
     folder = write_images(tmp_path / "mixed", mode="L")
     Image.fromarray(np.zeros((5, 5), np.uint8), "L").save(folder / "odd.png")

@@ -190,7 +190,9 @@ def fit(data, data_dir, test_file, flow_name, transforms, hidden_features, bins,
         config = {
             "flow": flow_name, "flow_kwargs": kwargs,
             "data": {"name": data, "data_dir": data_dir, "seed": seed, "test_path": test_file,
-                     "images": flow_name in IMAGE_PRESETS,
+                     # a folder holds images, which only image flows take (digits and mnist are
+                     # rows for the vector flows, as in the MAF paper)
+                     "images": flow_name in IMAGE_PRESETS or Path(data).expanduser().is_dir(),
                      "image_size": list(hidden_sizes(image_size, "--image-size")) if image_size else None},
             "train": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
                       "schedule": None if schedule == "none" else schedule, "clip_grad": clip_grad,
