@@ -25,7 +25,7 @@ from . import data as datasets
 from . import distributed
 from .experiment import (CHECKPOINT, CONFIG, METRICS, build_flow, gaussian_baseline, load_run, measure,
                          save_run, standardisation, write_json)
-from .cli_common import fresh_out, hidden_sizes, one_line_errors, preset_kwargs, run_options, torch_device
+from .cli_common import SIZES, fresh_out, number, one_line_errors, preset_kwargs, run_options, torch_device
 from .cli_vi import vae, vi
 from .flows import PRESETS
 from .train import fit as fit_flow
@@ -96,32 +96,32 @@ def main():
 @click.option("--test-file", type=click.Path(), help="A separate test file; --data is then split 90/10 into train/valid.")
 @click.option("--flow", "flow_name", type=click.Choice(sorted(PRESETS)), default="maf", show_default=True,
               help="The flow preset.")
-@click.option("--transforms", type=int, default=None, help="Number of flow layers (default: the preset's).")
-@click.option("--hidden-features", default=None,
+@click.option("--transforms", type=number("transforms"), default=None, help="Number of flow layers (default: the preset's).")
+@click.option("--hidden-features", type=SIZES, default=None,
               help="Hidden layer sizes of each conditioner, e.g. 512,512 (default: the preset's).")
-@click.option("--bins", type=int, default=8, show_default=True, help="Spline bins (nsf).")
+@click.option("--bins", type=number("bins"), default=8, show_default=True, help="Spline bins (nsf).")
 @click.option("--autoregressive/--coupling", default=False, show_default=True,
               help="Autoregressive or coupling layers (nsf).")
 @click.option("--normalization", type=click.Choice(["none", "batch", "act"]), default="none", show_default=True,
               help="Normalisation layer between flow layers.")
-@click.option("--epochs", type=int, default=100, show_default=True, help="Largest number of epochs.")
-@click.option("--batch-size", type=int, default=128, show_default=True, help="Mini-batch size.")
-@click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate.")
-@click.option("--weight-decay", type=float, default=0.0, show_default=True, help="Adam weight decay.")
+@click.option("--epochs", type=number("epochs"), default=100, show_default=True, help="Largest number of epochs.")
+@click.option("--batch-size", type=number("batch_size"), default=128, show_default=True, help="Mini-batch size.")
+@click.option("--lr", type=number("lr"), default=1e-3, show_default=True, help="Adam learning rate.")
+@click.option("--weight-decay", type=number("weight_decay"), default=0.0, show_default=True, help="Adam weight decay.")
 @click.option("--schedule", type=click.Choice(["none", "cosine"]), default="none", show_default=True,
               help="Learning-rate schedule over the epochs.")
-@click.option("--clip-grad", type=float, default=None, help="Clip the gradient norm to this value.")
-@click.option("--patience", type=int, default=10, show_default=True,
+@click.option("--clip-grad", type=number("clip_grad"), default=None, help="Clip the gradient norm to this value.")
+@click.option("--patience", type=number("patience"), default=10, show_default=True,
               help="Stop after this many epochs without validation improvement.")
-@click.option("--max-minutes", type=float, default=None, help="Wall-clock budget for training, in minutes.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the data split, the weights and the batches.")
+@click.option("--max-minutes", type=number("max_minutes"), default=None, help="Wall-clock budget for training, in minutes.")
+@click.option("--seed", type=number("seed"), default=0, show_default=True, help="Seed of the data split, the weights and the batches.")
 @click.option("--float64", is_flag=True, help="Train in float64 instead of float32.")
 @click.option("--compile", "compiled", is_flag=True,
               help="Compile the log-likelihood with torch.compile: faster coupling NSF training on the CPU, "
                    "slower MAF (python -m benchmarks.compiled); the first steps take longer.")
 @run_options("runs/DATA-FLOW", json_help="Print the test metrics as one JSON line.",
              threads_help="torch.set_num_threads (default: torch's choice; 1 per process with --nproc or torchrun).")
-@click.option("--nproc", type=int, default=1, show_default=True,
+@click.option("--nproc", type=number("nproc"), default=1, show_default=True,
               help="Train data-parallel on this many processes of this machine (DistributedDataParallel: gloo on "
                    "cpu, NCCL on cuda with a GPU each); --batch-size stays the global mini-batch, so each process "
                    "takes batch-size / nproc examples. Under torchrun, leave it out.")
@@ -144,8 +144,6 @@ def fit(data, data_dir, test_file, flow_name, transforms, hidden_features, bins,
     processes train one model with DistributedDataParallel and give the same result as one
     process, up to rounding (see pushforward.fit); process 0 writes the run folder.
     """
-    if nproc < 1:
-        raise click.BadParameter(f"needs at least 1 process, got {nproc}", param_hint="--nproc")
     device = torch_device(device)
     if nproc > 1 and distributed.environment_world_size() > 1:
         raise click.UsageError("torchrun starts the processes already: leave --nproc out")
@@ -166,7 +164,7 @@ def fit(data, data_dir, test_file, flow_name, transforms, hidden_features, bins,
         out = fresh_out(out, f"{Path(data).stem}-{flow_name}", overwrite, hint=", --resume")
         kwargs = preset_kwargs(flow_name, {
             "transforms": transforms, "normalization": None if normalization == "none" else normalization,
-            "hidden_features": hidden_sizes(hidden_features) if hidden_features else None, "bins": bins,
+            "hidden_features": hidden_features, "bins": bins,
             "autoregressive": autoregressive})
         config = {
             "flow": flow_name, "flow_kwargs": kwargs,
@@ -284,10 +282,10 @@ def evaluate(run, data, data_dir, split, as_json, device):
 
 @main.command()
 @click.argument("run", type=click.Path(file_okay=False))
-@click.option("-n", "count", type=click.IntRange(min=1), default=64, show_default=True, help="Number of samples.")
+@click.option("-n", "count", type=number("count"), default=64, show_default=True, help="Number of samples.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True,
               help="Output file: .npy, .csv, or .png (an image grid for image data, a scatter plot otherwise).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option("--seed", type=number("seed"), default=0, show_default=True, help="Random seed.")
 @click.option("--reference-space", is_flag=True,
               help="Write samples in the reference space (e.g. logits for mnist) instead of the data space.")
 @click.option("--device", default="cpu", show_default=True,

@@ -13,10 +13,39 @@ from pathlib import Path
 import click
 import torch
 
+from .checks import RANGES, Range
 from .experiment import CONFIG
 from .flows import preset_options
 
-__all__ = ["one_line_errors", "run_options", "fresh_out", "hidden_sizes", "torch_device", "preset_kwargs"]
+__all__ = ["one_line_errors", "run_options", "number", "SIZES", "fresh_out", "torch_device", "preset_kwargs"]
+
+
+class _Number(click.ParamType):
+    """A click type for a number in a :class:`~pushforward.checks.Range`: an integer, or a float
+    that is finite (NaN and infinities are refused)."""
+
+    def __init__(self, accepted: Range):
+        self.accepted = accepted
+        self.name = "integer" if accepted.integer else "float"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = value
+        else:
+            try:
+                number = int(value) if self.accepted.integer else float(value)
+            except ValueError:
+                self.fail(f"{value!r} is not {self.accepted.describe()}", param, ctx)
+        if not self.accepted.contains(number):
+            self.fail(f"{value!r} is not {self.accepted.describe()}", param, ctx)
+        return number
+
+
+def number(name: str) -> click.ParamType:
+    """The click type of the numeric option ``name`` (e.g. "lr", "epochs"): its range is the
+    library's, :data:`pushforward.checks.RANGES`, so a bad value gets the same one-line error
+    ("Invalid value for '--lr': 'nan' is not a finite number > 0") from every command."""
+    return _Number(RANGES[name])
 
 
 def one_line_errors(command):
@@ -44,7 +73,7 @@ def run_options(default_out: str, threads_help: str = "torch.set_num_threads (de
     ``--overwrite``, ``--json`` (parameter ``as_json``) and ``--quiet``."""
     options = [
         click.option("--device", default="cpu", show_default=True, help="Torch device: cpu, cuda, cuda:N, mps."),
-        click.option("--threads", type=int, default=None, help=threads_help),
+        click.option("--threads", type=number("threads"), default=None, help=threads_help),
         click.option("--out", type=click.Path(file_okay=False), default=None,
                      help=f"Run folder to write (default: {default_out}, numbered if it exists)."),
         click.option("--overwrite", is_flag=True, help="Replace a run already in --out."),
@@ -79,19 +108,24 @@ def fresh_out(out: str | Path | None, default: str, overwrite: bool, hint: str =
     return out
 
 
-def hidden_sizes(text: str) -> tuple[int, ...]:
-    """Hidden layer sizes from "512,512" (or "512x512").
+class _Sizes(click.ParamType):
+    """A click type for hidden layer sizes, "512,512" (or "512x512"), as a tuple of integers >= 1."""
 
-    Raises:
-        click.BadParameter: for anything but positive integers.
-    """
-    try:
-        sizes = tuple(int(s) for s in text.replace("x", ",").split(",") if s.strip())
-    except ValueError:
-        raise click.BadParameter(f"expected sizes like 512,512, got {text!r}") from None
-    if not sizes or min(sizes) < 1:
-        raise click.BadParameter(f"expected positive sizes like 512,512, got {text!r}")
-    return sizes
+    name = "sizes"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            sizes = tuple(int(s) for s in value.replace("x", ",").split(",") if s.strip())
+        except ValueError:
+            sizes = ()
+        if not sizes or not all(RANGES["hidden_features"].contains(size) for size in sizes):
+            self.fail(f"expected sizes >= 1 like 512,512, got {value!r}", param, ctx)
+        return sizes
+
+
+SIZES = _Sizes()
 
 
 def torch_device(name: str) -> torch.device:

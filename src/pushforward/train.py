@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from . import distributed
+from .checks import check_arguments
 from .core import Flow
 
 __all__ = ["fit", "FitResult", "log_likelihoods", "evaluate", "Evaluation", "save_atomic"]
@@ -207,10 +208,13 @@ def fit(
             autoregressive NSF 1.11x, and MAF 0.85x (slower): measure before choosing.
 
     Raises:
-        ValueError: for an unknown ``schedule``, empty training or validation data, a loss that
+        ValueError: for a number out of its range (epochs, batch_size, patience >= 1; lr,
+            clip_grad, max_minutes > 0; weight_decay >= 0; each finite), an unknown ``schedule``, empty training or validation data, a loss that
             becomes NaN/inf, or a ``batch_size`` that the number of processes does not divide.
         FileNotFoundError: if ``resume`` is set and the checkpoint does not exist.
     """
+    check_arguments(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, clip_grad=clip_grad,
+                    patience=patience, max_minutes=max_minutes)
     if schedule not in (None, "cosine"):
         raise ValueError(f"unknown schedule {schedule!r}; choose cosine or None")
     x_train, c_train = _split(train)

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .checks import check_arguments
 from .core import Chain, Flow
 from .distributions import StandardNormal
 from .flows import IAF, PRESETS, HouseholderFlow, PlanarFlow, SylvesterFlow
@@ -360,8 +361,11 @@ def fit_vae(model: VAE, data: BinaryImages, *, epochs: int = 1000, batch_size: i
         on_best: called with the model whenever the validation figure improves (e.g. to save it).
 
     Raises:
-        ValueError: if the loss becomes NaN/inf.
+        ValueError: for a number out of its range (epochs, batch_size, patience >= 1; lr,
+            clip_grad, max_minutes > 0; warmup >= 0), or if the loss becomes NaN/inf.
     """
+    check_arguments(epochs=epochs, batch_size=batch_size, lr=lr, warmup=warmup, patience=patience,
+                    max_minutes=max_minutes, clip_grad=clip_grad)
     torch.manual_seed(seed)
     model.to(device)
     param = next(model.parameters())
