@@ -17,7 +17,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-__all__ = ["Range", "RANGES", "check_arguments", "memory_bytes", "check_memory", "format_bytes"]
+__all__ = ["Range", "RANGES", "check_arguments", "memory_bytes", "check_memory", "training_memory", "format_bytes"]
 
 
 @dataclass(frozen=True)
@@ -123,3 +123,19 @@ def check_memory(what: str, estimate: float) -> None:
     if estimate > available:
         raise ValueError(f"{what} needs about {format_bytes(estimate)}, more than the "
                          f"{format_bytes(available)} of this machine's memory")
+
+
+def training_memory(features: int, transforms: int, hidden_features: Sequence[int] | None, batch: int,
+                    itemsize: int = 4) -> int:
+    """A lower bound of the bytes that training a flow of these sizes needs: four copies of the
+    parameters (weights, gradients, Adam's two moments), at least ``transforms`` × (``features``
+    + the products of consecutive layer widths features, *hidden_features, features) of them,
+    and one mini-batch of ``batch`` activations for each layer width of each transform.
+
+    It ignores the preset's own defaults (``hidden_features`` None counts no hidden layers), so
+    it only refuses sizes that cannot fit whatever the preset adds.
+    """
+    widths = [features, *hidden_features, features] if hidden_features else [features]
+    params = transforms * (features + sum(a * b for a, b in zip(widths, widths[1:])))
+    activations = batch * transforms * sum(widths)
+    return itemsize * (4 * params + activations)

@@ -11,7 +11,9 @@ in an existing run folder is changed.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
 import time
 from dataclasses import asdict
@@ -23,12 +25,17 @@ import torch
 
 from . import data as datasets
 from . import distributed
-from .experiment import (CHECKPOINT, CONFIG, METRICS, build_flow, gaussian_baseline, load_run, measure,
+from .checks import check_memory, training_memory
+from .config import DataConfig, FitConfig, VaeConfig, ViConfig, read_config, validate_config
+from .data.base import to_tensor
+from .experiment import (CHECKPOINT, METRICS, build_flow, gaussian_baseline, load_run, measure, measure_rows,
                          save_run, standardisation, write_json)
-from .cli_common import SIZES, fresh_out, number, one_line_errors, preset_kwargs, run_options, torch_device
+from .cli_common import (SIZES, check_output_file, fresh_out, number, one_line_errors, preset_kwargs, run_options,
+                         torch_device)
+from .runs import RunFolder
 from .cli_vi import vae, vi
 from .flows import PRESETS
-from .train import fit as fit_flow
+from .train import atomic_write, fit as fit_flow
 
 __all__ = ["main"]
 
@@ -46,6 +53,8 @@ def _emit(metrics: dict, as_json: bool) -> None:
             f"± {metrics['stderr_nats']:.4f} nats ({metrics['space']} space, n={metrics['n_examples']})")
     if metrics.get("bits_per_dim") is not None:
         line += f"; {metrics['bits_per_dim']:.4f} bits/dim"
+    if metrics.get("scored"):
+        line += f" [{metrics['scored']}]"
     click.echo(line)
 
 
@@ -144,43 +153,49 @@ def fit(data, data_dir, test_file, flow_name, transforms, hidden_features, bins,
     processes train one model with DistributedDataParallel and give the same result as one
     process, up to rounding (see pushforward.fit); process 0 writes the run folder.
     """
+    if resume:
+        _refuse_options_fixed_by_the_run()
     device = torch_device(device)
     if nproc > 1 and distributed.environment_world_size() > 1:
         raise click.UsageError("torchrun starts the processes already: leave --nproc out")
     world = max(nproc, distributed.environment_world_size())
     if world > 1:
         distributed.backend_for(device)
-    if threads:
-        torch.set_num_threads(threads)
     if resume:
         out = Path(resume)
-        config = json.loads((out / CONFIG).read_text()) if (out / CONFIG).is_file() else None
-        if config is None or not (out / CHECKPOINT).is_file():
-            raise click.ClickException(f"'{out}' holds no run to resume (config.json and checkpoint.pt)")
-        train_cfg = config["train"]
-        train_cfg.update({k: v for k, v in (("epochs", epochs), ("max_minutes", max_minutes))
-                          if click.get_current_context().get_parameter_source(k).name != "DEFAULT"})
+        config = read_config(out)
+        if not isinstance(config, FitConfig):
+            raise click.ClickException(f"'{out}' is a {_kind(config)} run: --resume continues runs of pushforward fit")
+        if not (out / CHECKPOINT).is_file():
+            raise click.ClickException(f"'{out}' holds no checkpoint.pt to resume from")
+        config = config.model_dump(mode="json")
+        config["train"].update({k: v for k, v in (("epochs", epochs), ("max_minutes", max_minutes))
+                                if click.get_current_context().get_parameter_source(k).name != "DEFAULT"})
     else:
-        out = fresh_out(out, f"{Path(data).stem}-{flow_name}", overwrite, hint=", --resume")
+        out = fresh_out(out, f"{Path(data).stem}-{flow_name}", overwrite)
         kwargs = preset_kwargs(flow_name, {
             "transforms": transforms, "normalization": None if normalization == "none" else normalization,
             "hidden_features": hidden_features, "bins": bins,
             "autoregressive": autoregressive})
         config = {
             "flow": flow_name, "flow_kwargs": kwargs,
-            "data": {"name": data, "data_dir": data_dir, "seed": seed, "test_path": test_file},
+            "data": {"name": _absolute_data(data), "display": data, "data_dir": _absolute(data_dir), "seed": seed,
+                     "test_path": _absolute(test_file)},
             "train": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
                       "schedule": None if schedule == "none" else schedule, "clip_grad": clip_grad,
                       "patience": patience, "max_minutes": max_minutes, "seed": seed,
                       "dtype": "float64" if float64 else "float32", "compile": compiled},
         }
+    validate_config(config, "the options")
     batch = config["train"]["batch_size"]
-    if batch < 1 or batch % world:
+    if batch % world:
         raise click.BadParameter(f"{batch} must be a positive multiple of the number of processes, {world} "
                                  f"(each process takes batch-size / {world} examples of every mini-batch)",
                                  param_hint="--batch-size")
-    job = {"out": str(out), "config": config, "resume": bool(resume), "device": str(device), "as_json": as_json,
-           "quiet": quiet, "processes": world}
+    if threads:
+        torch.set_num_threads(threads)
+    job = {"out": str(out), "config": config, "resume": bool(resume), "replace": overwrite, "device": str(device),
+           "as_json": as_json, "quiet": quiet, "processes": world}
     if nproc > 1:
         try:
             stopped = distributed.launch(_fit_job, nproc, (job,), device=device, threads=threads)
@@ -197,9 +212,37 @@ def fit(data, data_dir, test_file, flow_name, transforms, hidden_features, bins,
         sys.exit(130)
 
 
+# What `fit --resume` may change; every other option is the run's own (config.json).
+_RESUME_OPTIONS = ("epochs", "max_minutes", "device", "threads", "nproc", "as_json", "quiet", "resume")
+
+
+def _refuse_options_fixed_by_the_run() -> None:
+    ctx = click.get_current_context()
+    fixed = [p for p in ctx.command.params if p.name not in _RESUME_OPTIONS
+             and ctx.get_parameter_source(p.name).name not in ("DEFAULT", "DEFAULT_MAP")]
+    if fixed:
+        names = ", ".join(p.opts[-1] if p.name != "compiled" else "--compile" for p in fixed)
+        raise click.UsageError(f"--resume continues the run with its own settings and cannot change {names}; "
+                               "it takes --epochs, --max-minutes, --device, --threads, --nproc, --json and --quiet")
+
+
+def _kind(config) -> str:
+    return "vi" if isinstance(config, ViConfig) else "vae" if isinstance(config, VaeConfig) else "fit"
+
+
+def _absolute(path: str | None) -> str | None:
+    return None if path is None else os.path.abspath(os.path.expanduser(path))
+
+
+def _absolute_data(data: str) -> str:
+    """A data file's absolute path (so that the run works from any folder); a built-in name as it is."""
+    return data if data.lower() in datasets.NAMES else _absolute(data)
+
+
 def _fit_job(job: dict) -> str:
     """Train the run that ``fit`` prepared, in one process or in each process of a data-parallel
-    group; process 0 writes the run folder and prints. Returns why training stopped."""
+    group; process 0 writes the run folder (locked, see :class:`~pushforward.runs.RunFolder`) and
+    prints. Returns why training stopped."""
     # Every process has checked the run folder (under torchrun) before process 0 writes into it.
     distributed.barrier()
     lead = distributed.rank() == 0
@@ -211,31 +254,39 @@ def _fit_job(job: dict) -> str:
         torch.manual_seed(config["train"]["seed"])
         config["features"] = dataset.features
         config["data"].update(space=dataset.space, levels=dataset.levels, image_shape=dataset.image_shape)
+        tc = config["train"]
+        check_memory(f"training this {config['flow']} flow",
+                     training_memory(dataset.features, config["flow_kwargs"].get("transforms", 1),
+                                     config["flow_kwargs"].get("hidden_features"), tc["batch_size"],
+                                     8 if tc["dtype"] == "float64" else 4))
         flow = build_flow(config["flow"], dataset.features, config["flow_kwargs"], *standardisation(dataset.train))
-        if lead:
-            save_run(out, flow, config)
     else:
         flow, _ = load_run(out, weights=CHECKPOINT)
-    tc = config["train"]
-    result = fit_flow(flow, dataset.train, dataset.valid, epochs=tc["epochs"], batch_size=tc["batch_size"],
-                      lr=tc["lr"], weight_decay=tc["weight_decay"], schedule=tc["schedule"],
-                      clip_grad=tc["clip_grad"], patience=tc["patience"], max_minutes=tc["max_minutes"],
-                      seed=tc["seed"], dtype=getattr(torch, tc["dtype"]), device=job["device"],
-                      progress=not job["quiet"], verbose=not as_json, checkpoint=out / CHECKPOINT, resume=resume,
-                      compile=tc.get("compile", False))
-    if not lead:
-        return result.stopped
-    if result.stopped == "interrupted":
-        click.echo(f"interrupted: checkpoint saved; continue with: pushforward fit --resume {out}", err=True)
-        return result.stopped
-    flow.cpu().float()
-    save_run(out, flow, config)
-    metrics = _metrics(flow, dataset, "test", result.seconds, out)
-    metrics.update(best_epoch=result.best_epoch, best_valid_log_likelihood_nats=result.best_valid,
-                   stopped=result.stopped, processes=job["processes"], history=result.history,
-                   gaussian_baseline=_gaussian_metrics(dataset))
-    write_json(metrics, out / METRICS)
-    _plots(out, flow, dataset, result.history)
+    with RunFolder(out, replace=job["replace"], resume=resume) if lead else contextlib.nullcontext() as run:
+        if lead and not resume:
+            save_run(run.path, flow, config)
+        tc = config["train"]
+        result = fit_flow(flow, dataset.train, dataset.valid, epochs=tc["epochs"], batch_size=tc["batch_size"],
+                          lr=tc["lr"], weight_decay=tc["weight_decay"], schedule=tc["schedule"],
+                          clip_grad=tc["clip_grad"], patience=tc["patience"], max_minutes=tc["max_minutes"],
+                          seed=tc["seed"], dtype=getattr(torch, tc["dtype"]), device=job["device"],
+                          progress=not job["quiet"], verbose=not as_json,
+                          checkpoint=run.file(CHECKPOINT) if lead else out / CHECKPOINT, resume=resume,
+                          compile=tc.get("compile", False), on_checkpoint=run.publish if lead else None)
+        if not lead:
+            return result.stopped
+        run.publish()
+        if result.stopped == "interrupted":
+            click.echo(f"interrupted: checkpoint saved; continue with: pushforward fit --resume {out}", err=True)
+            return result.stopped
+        flow.cpu().float()
+        save_run(out, flow, config)
+        metrics = _metrics(flow, dataset, "test", result.seconds, out)
+        metrics.update(best_epoch=result.best_epoch, best_valid_log_likelihood_nats=result.best_valid,
+                       stopped=result.stopped, processes=job["processes"], history=result.history,
+                       gaussian_baseline=_gaussian_metrics(dataset))
+        write_json(metrics, out / METRICS)
+        _plots(out, flow, dataset, result.history)
     if not as_json:
         click.echo(f"stopped: {result.stopped} after {len(result.history)} epochs ({result.seconds:.0f} s), "
                    f"best epoch {result.best_epoch}", err=True)
@@ -252,10 +303,12 @@ def _fit_job(job: dict) -> str:
 
 @main.command()
 @click.argument("run", type=click.Path(file_okay=False))
-@click.option("--data", default=None, help="Evaluate on this data set or file instead of the run's own.")
+@click.option("--data", default=None,
+              help="Evaluate on this built-in data set (its --split) or on every row of this file (held-out data) "
+                   "instead of the run's own data.")
 @click.option("--data-dir", type=click.Path(), default=None, help="Folder of --data, if it is read from disk.")
 @click.option("--split", type=click.Choice(["train", "valid", "test"]), default="test", show_default=True,
-              help="Which split to evaluate.")
+              help="Which split of a built-in data set (or of the run's own data) to evaluate.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as one JSON line.")
 @click.option("--device", default="cpu", show_default=True, help="Torch device to evaluate on: cpu, cuda, mps.")
 @one_line_errors
@@ -264,20 +317,45 @@ def evaluate(run, data, data_dir, split, as_json, device):
 
     Nats are in the data set's reference space (logit space for mnist, as MAF reports; the
     normalised space for the MAF tabular sets; the data space otherwise); bits/dim in the
-    [0, levels)^D space of dequantised image data.
+    [0, levels)^D space of dequantised image data. A file given with --data is held-out data:
+    all of its rows are scored, in the data space. The output says which rows were scored.
     """
     device = torch_device(device)
+    file = data is not None and data.lower() not in datasets.NAMES
+    if file and click.get_current_context().get_parameter_source("split").name != "DEFAULT":
+        raise click.UsageError("--split applies to built-in data sets: every row of a --data file is scored")
     start = time.perf_counter()
     flow, config = load_run(run)
+    if isinstance(config, ViConfig):
+        raise click.ClickException(f"'{run}' is a vi run (target {config.target}): it was fitted to a density, "
+                                   "not to data; its metrics.json holds the ELBO and log Z")
     flow.to(device)
-    spec = dict(config["data"])
-    if data is not None:
-        spec.update(name=data, data_dir=data_dir, test_path=None)
-    dataset = _load_data(spec)
-    if dataset.features != config["features"]:
-        raise click.ClickException(f"the data have {dataset.features} columns, the model in '{run}' "
-                                   f"was trained on {config['features']}")
-    _emit(_metrics(flow, dataset, split, time.perf_counter() - start, Path(run)), as_json)
+    if file:
+        if config.data.space != "data":
+            raise click.ClickException(f"the model in '{run}' is fitted in the {config.data.space} space of "
+                                       f"{config.data.name}; a --data file can only be scored by runs in the data space")
+        rows = to_tensor(datasets.read_array(data))
+        _check_features(rows.shape[1], config.features, run)
+        metrics = {**asdict(measure_rows(flow, rows)), "split": "all",
+                   "scored": f"all {len(rows)} rows of {data}"}
+    else:
+        spec = config.data.model_dump()
+        if data is not None:
+            spec.update(name=data, data_dir=data_dir, test_path=None, n=None)
+        dataset = _load_data(spec)
+        _check_features(dataset.features, config.features, run)
+        metrics = {**asdict(measure(flow, dataset, split)), "split": split,
+                   "scored": f"the {split} split of {config.data.display or spec['name'] if data is None else data}"}
+    _emit({**metrics, "seconds": round(time.perf_counter() - start, 3), "out": str(run)}, as_json)
+
+
+def _check_features(found: int, trained: int, run: str) -> None:
+    if found != trained:
+        raise click.ClickException(f"the data have {found} columns, the model in '{run}' was trained on {trained}")
+
+
+# Rows drawn and written at a time: 2**22 numbers (16 MB in float32) per chunk.
+_CHUNK_NUMBERS = 2**22
 
 
 @main.command()
@@ -285,39 +363,65 @@ def evaluate(run, data, data_dir, split, as_json, device):
 @click.option("-n", "count", type=number("count"), default=64, show_default=True, help="Number of samples.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True,
               help="Output file: .npy, .csv, or .png (an image grid for image data, a scatter plot otherwise).")
+@click.option("--overwrite", is_flag=True, help="Replace the output file if it exists.")
 @click.option("--seed", type=number("seed"), default=0, show_default=True, help="Random seed.")
 @click.option("--reference-space", is_flag=True,
               help="Write samples in the reference space (e.g. logits for mnist) instead of the data space.")
 @click.option("--device", default="cpu", show_default=True,
               help="Torch device to sample on: cpu, cuda, mps (one seed gives different samples on each).")
 @one_line_errors
-def sample(run, count, output, seed, reference_space, device):
-    """Draw N samples from a trained flow and write them to a file."""
+def sample(run, count, output, overwrite, seed, reference_space, device):
+    """Draw N samples from a trained flow and write them to a file.
+
+    Samples are drawn and written in chunks of about 16 MB, so that .npy and .csv files of any
+    size take bounded memory; a .png holds all samples at once and is refused beyond this
+    machine's memory. The file appears only once it is complete.
+    """
     suffix = Path(output).suffix.lower()
     if suffix not in (".npy", ".csv", ".png"):
         raise click.ClickException(f"unknown output type {suffix!r}: use .npy, .csv or .png")
+    check_output_file(output, overwrite)
     device = torch_device(device)
     flow, config = load_run(run)
     flow.to(device)
+    features = config.features
+    if suffix == ".png":
+        check_memory(f"a plot of {count} samples", 4 * count * features)
+    data = config.data if isinstance(config, FitConfig) else None
+    to_data = None
+    if data is not None and not reference_space and data.space != "data":
+        to_data = _load_data(data.model_dump()).to_data
     torch.manual_seed(seed)
-    x = flow.sample((count,)).cpu()
-    meta = config["data"]
-    if not reference_space and meta.get("space", "data") != "data":
-        x = _data_space(x, _load_data(meta))
+    size = max(1, _CHUNK_NUMBERS // features)
+
+    def chunks():
+        for start in range(0, count, size):
+            with torch.no_grad():
+                x = flow.sample((min(size, count - start),)).cpu().float()
+                yield (x if to_data is None else to_data(x)[0].float()).numpy()
+
     if suffix == ".npy":
-        np.save(output, x.numpy())
+        atomic_write(output, lambda f: _write_npy(f, chunks(), (count, features)))
     elif suffix == ".csv":
-        np.savetxt(output, x.numpy(), delimiter=",")
+        atomic_write(output, lambda f: [np.savetxt(f, chunk, delimiter=",") for chunk in chunks()])
     else:
-        _sample_png(x, meta, output)
+        _sample_png(torch.from_numpy(np.concatenate(list(chunks()))), data, output)
     click.echo(f"wrote {count} samples to {output}")
 
 
-def _sample_png(x: torch.Tensor, meta: dict, output: str) -> None:
+def _write_npy(f, chunks, shape: tuple[int, int]) -> None:
+    """Write a float32 .npy file of ``shape`` from row chunks, one chunk in memory at a time."""
+    np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+                                             "fortran_order": False, "shape": shape})
+    for chunk in chunks:
+        f.write(np.ascontiguousarray(chunk, dtype=np.float32).tobytes())
+
+
+def _sample_png(x: torch.Tensor, data: DataConfig | None, output: str) -> None:
     from . import plots
 
-    if meta.get("image_shape"):
-        plots.image_grid(x, tuple(meta["image_shape"]), meta.get("levels") or 256, output)
+    if data is not None and data.image_shape:
+        plots.image_grid(x, tuple(data.image_shape), data.levels or 256, output)
         return
     import matplotlib.pyplot as plt
 

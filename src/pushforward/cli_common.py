@@ -14,10 +14,10 @@ import click
 import torch
 
 from .checks import RANGES, Range
-from .experiment import CONFIG
 from .flows import preset_options
+from .runs import check_out
 
-__all__ = ["one_line_errors", "run_options", "number", "SIZES", "fresh_out", "torch_device", "preset_kwargs"]
+__all__ = ["one_line_errors", "run_options", "number", "SIZES", "fresh_out", "check_output_file", "torch_device", "preset_kwargs"]
 
 
 class _Number(click.ParamType):
@@ -51,19 +51,28 @@ def number(name: str) -> click.ParamType:
 def one_line_errors(command):
     """Turn the library's documented errors into ``error: ...`` and exit status 1.
 
-    Catches ValueError, FileNotFoundError, IsADirectoryError, PermissionError and ImportError
-    (the errors the library raises for bad input) and re-raises the first line of the message
-    as a click.ClickException.
+    Catches ValueError, ImportError and every OSError (a missing, unreadable or unwritable
+    file, a path below a file, a full disk) and re-raises the first line of the message as a
+    click.ClickException; an OSError names its path ("PATH: Not a directory").
     """
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except (ValueError, FileNotFoundError, IsADirectoryError, PermissionError, ImportError) as e:
+        except OSError as e:
+            raise click.ClickException(_os_message(e)) from None
+        except (ValueError, ImportError) as e:
             raise click.ClickException(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
 
     return wrapper
+
+
+def _os_message(error: OSError) -> str:
+    if error.filename is None:  # raised with a message of the library's own
+        return str(error).splitlines()[0] if str(error) else type(error).__name__
+    paths = " -> ".join(str(p) for p in (error.filename, error.filename2) if p is not None)
+    return f"{paths}: {error.strerror or type(error).__name__}"
 
 
 def run_options(default_out: str, threads_help: str = "torch.set_num_threads (default: torch's choice).",
@@ -89,12 +98,13 @@ def run_options(default_out: str, threads_help: str = "torch.set_num_threads (de
     return decorate
 
 
-def fresh_out(out: str | Path | None, default: str, overwrite: bool, hint: str = "") -> Path:
-    """The run folder: ``out``, or runs/DEFAULT (runs/DEFAULT-2, -3, ... if it exists).
+def fresh_out(out: str | Path | None, default: str, overwrite: bool) -> Path:
+    """The run folder: ``out``, or runs/DEFAULT (runs/DEFAULT-2, -3, ... if it exists), checked
+    by :func:`pushforward.runs.check_out` before anything is written.
 
     Raises:
-        click.ClickException: if ``out`` already holds a run (a config.json) and not
-            ``overwrite``; ``hint`` names other ways out (e.g. ", --resume").
+        pushforward.runs.RunFolderError (a ValueError): for an empty name, a path below a file, a
+            folder that is not empty and not a run, or a run without ``overwrite``.
     """
     if out is None:
         stem = out = Path("runs") / default
@@ -102,10 +112,24 @@ def fresh_out(out: str | Path | None, default: str, overwrite: bool, hint: str =
         while out.exists():
             i += 1
             out = stem.with_name(f"{stem.name}-{i}")
-    out = Path(out)
-    if (out / CONFIG).exists() and not overwrite:
-        raise click.ClickException(f"'{out}' already holds a run; use --overwrite{hint} or another --out")
-    return out
+    return check_out(out, overwrite)
+
+
+def check_output_file(path: str | Path, overwrite: bool) -> None:
+    """Check that the output file ``path`` may be written: it does not exist (or ``overwrite``),
+    and the nearest existing folder above it is a folder.
+
+    Raises:
+        click.ClickException: otherwise, naming the path.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise click.ClickException(f"'{path}' is a folder; give a file name")
+    if path.exists() and not overwrite:
+        raise click.ClickException(f"'{path}' exists; use --overwrite to replace it")
+    existing = next(p for p in path.absolute().parents if p.exists())
+    if not existing.is_dir():
+        raise click.ClickException(f"'{existing}' is a file, not a folder: cannot write '{path}'")
 
 
 class _Sizes(click.ParamType):

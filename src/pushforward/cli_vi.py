@@ -18,7 +18,10 @@ import click
 import torch
 
 from .cli_common import SIZES, fresh_out, number, one_line_errors, preset_kwargs, run_options, torch_device
+from .checks import check_memory, training_memory
+from .config import validate_config
 from .experiment import METRICS, save_run, write_json
+from .runs import RunFolder
 from .flows import PRESETS
 from .targets import TARGETS, Target, get_target, grid_log_z
 from .train import save_atomic
@@ -76,11 +79,11 @@ def vi(target_spec, dim, flow_name, transforms, hidden_features, bins, autoregre
     from .vi import estimate_log_z, fit_vi
 
     device = torch_device(device)
-    if threads:
-        torch.set_num_threads(threads)
     target = get_target(target_spec, dim)
     name = Path(target_spec.rpartition(":")[2] or target_spec).stem
     out = fresh_out(out, f"vi-{name}-{flow_name}", overwrite)
+    if threads:
+        torch.set_num_threads(threads)
     kwargs = preset_kwargs(flow_name, {
         "transforms": transforms, "hidden_features": hidden_features,
         "bins": bins, "autoregressive": autoregressive})
@@ -91,18 +94,24 @@ def vi(target_spec, dim, flow_name, transforms, hidden_features, bins, autoregre
                "anneal_steps": anneal_steps, "beta0": beta0, "stl": stl, "clip_grad": clip_grad,
                "max_minutes": max_minutes, "seed": seed, "dtype": str(dtype).removeprefix("torch.")},
     }
+    validate_config(config, "the options")
+    check_memory(f"fitting this {flow_name} flow to a {target.dim}-dimensional target",
+                 training_memory(target.dim, kwargs.get("transforms", 1), kwargs.get("hidden_features"),
+                                 max(samples, min(log_z_samples, 10_000)), dtype.itemsize))
     torch.manual_seed(seed)
     flow = PRESETS[flow_name](target.dim, **kwargs).to(device=device, dtype=dtype)
-    save_run(out, flow, config)
-    c = config["vi"]
-    result = fit_vi(flow, target.log_prob, steps=steps, samples=samples, lr=lr, beta0=beta0, anneal_steps=anneal_steps,
-                    stl=stl, schedule=c["schedule"], clip_grad=clip_grad, max_minutes=max_minutes, seed=seed,
-                    progress=not quiet)
-    estimate = estimate_log_z(flow, target.log_prob, log_z_samples)
-    save_atomic(flow.state_dict(), out / "model.pt")
-    metrics = _vi_metrics(target, flow_name, estimate, result, out)
-    write_json({**metrics, "history": result.history}, out / METRICS)
-    _vi_plots(out, flow, target, result.history)
+    with RunFolder(out, replace=overwrite) as run:
+        save_run(run.path, flow, config)
+        c = config["vi"]
+        result = fit_vi(flow, target.log_prob, steps=steps, samples=samples, lr=lr, beta0=beta0,
+                        anneal_steps=anneal_steps, stl=stl, schedule=c["schedule"], clip_grad=clip_grad,
+                        max_minutes=max_minutes, seed=seed, progress=not quiet)
+        estimate = estimate_log_z(flow, target.log_prob, log_z_samples)
+        save_atomic(flow.state_dict(), run.path / "model.pt")
+        metrics = _vi_metrics(target, flow_name, estimate, result, out)
+        write_json({**metrics, "history": result.history}, run.path / METRICS)
+        _vi_plots(run.path, flow, target, result.history)
+        run.publish()
     line = (f"ELBO {estimate.elbo:.4f} ± {estimate.elbo_stderr:.4f} nats; log Z {estimate.log_z:.4f} "
             f"± {estimate.stderr:.4f} (ESS {estimate.ess:.0f} of {estimate.n})")
     if target.log_z is not None:
@@ -258,27 +267,31 @@ def vae(posterior, data_dir, latent, hidden_features, context_features, transfor
                                               "image_shape": list(data.image_shape)},
               "train": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "warmup": warmup, "patience": patience,
                         "clip_grad": clip_grad, "max_minutes": max_minutes, "seed": seed}}
+    validate_config(config, "the options")
     torch.manual_seed(seed)
     model = vae_lib.VAE(**model_kwargs)
     model.init_decoder_bias(data.train.mean(0))
-    save_run(out, model, config)
+    with RunFolder(out, replace=overwrite) as run:
+        save_run(run.path, model, config)
 
-    def on_best(m) -> None:
-        save_atomic({k: v.detach().cpu() for k, v in m.state_dict().items()}, out / "model.pt")
+        def on_best(m) -> None:
+            save_atomic({k: v.detach().cpu() for k, v in m.state_dict().items()}, run.path / "model.pt")
 
-    result = vae_lib.fit_vae(model, data, epochs=epochs, batch_size=batch_size, lr=lr, warmup=warmup,
-                             patience=patience, max_minutes=max_minutes, seed=seed, clip_grad=clip_grad,
-                             device=device, progress=not quiet, verbose=not as_json, on_best=on_best)
-    test = data.test if test_examples is None else data.test[:test_examples]
-    torch.manual_seed(seed)
-    evaluation = vae_lib.evaluate_vae(model, test, iw_samples, progress=not quiet)
-    model.cpu()
-    save_atomic(model.state_dict(), out / "model.pt")
-    metrics = {"posterior": posterior, "prior": prior, "latent": latent, **asdict(evaluation),
-               "best_epoch": result.best_epoch, "best_valid_neg_elbo": result.best_valid, "epochs": len(result.history),
-               "stopped": result.stopped, "seconds": round(result.seconds, 3), "out": str(out)}
-    write_json({**metrics, "history": result.history}, out / METRICS)
-    _vae_plots(out, model, data, result.history)
+        result = vae_lib.fit_vae(model, data, epochs=epochs, batch_size=batch_size, lr=lr, warmup=warmup,
+                                 patience=patience, max_minutes=max_minutes, seed=seed, clip_grad=clip_grad,
+                                 device=device, progress=not quiet, verbose=not as_json, on_best=on_best)
+        test = data.test if test_examples is None else data.test[:test_examples]
+        torch.manual_seed(seed)
+        evaluation = vae_lib.evaluate_vae(model, test, iw_samples, progress=not quiet)
+        model.cpu()
+        save_atomic(model.state_dict(), run.path / "model.pt")
+        metrics = {"posterior": posterior, "prior": prior, "latent": latent, **asdict(evaluation),
+                   "best_epoch": result.best_epoch, "best_valid_neg_elbo": result.best_valid,
+                   "epochs": len(result.history), "stopped": result.stopped, "seconds": round(result.seconds, 3),
+                   "out": str(out)}
+        write_json({**metrics, "history": result.history}, run.path / METRICS)
+        _vae_plots(run.path, model, data, result.history)
+        run.publish()
     line = (f"test -ELBO {evaluation.neg_elbo:.2f} ± {evaluation.neg_elbo_stderr:.2f} nats, "
             f"-log p(x) {evaluation.nll:.2f} ± {evaluation.nll_stderr:.2f} nats "
             f"({evaluation.samples} importance samples, {evaluation.n_examples} test images; "
