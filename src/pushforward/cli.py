@@ -427,8 +427,7 @@ def _sample_png(x: torch.Tensor, data: DataConfig | None, output: str) -> None:
 
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.scatter(x[:, 0].numpy(), x[:, 1 % x.shape[1]].numpy(), s=2)
-    fig.savefig(output, dpi=100)
-    plt.close(fig)
+    plots.save_figure(fig, output)
 
 
 main.add_command(vi)

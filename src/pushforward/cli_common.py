@@ -145,7 +145,8 @@ class _Sizes(click.ParamType):
         except ValueError:
             sizes = ()
         if not sizes or not all(RANGES["hidden_features"].contains(size) for size in sizes):
-            self.fail(f"expected sizes >= 1 like 512,512, got {value!r}", param, ctx)
+            self.fail(f"{value!r} is not one or more {RANGES['hidden_features'].describe(plural=True)} "
+                      "like 512,512", param, ctx)
         return sizes
 
 

@@ -132,7 +132,7 @@ def _vi_metrics(target: Target, flow_name: str, estimate, result, out: Path) -> 
 
 
 def _vi_plots(out: Path, flow, target: Target, history: list[dict]) -> None:
-    from . import plots  # noqa: F401  (selects the Agg backend)
+    from . import plots
     import matplotlib.pyplot as plt
 
     if history:
@@ -144,8 +144,7 @@ def _vi_plots(out: Path, flow, target: Target, history: list[dict]) -> None:
         ax.set_ylabel("nats")
         ax.legend()
         fig.tight_layout()
-        fig.savefig(out / "elbo.png", dpi=100)
-        plt.close(fig)
+        plots.save_figure(fig, out / "elbo.png")
     if target.dim == 2:
         _density_png(flow, target, out / "density.png")
 
@@ -156,7 +155,7 @@ def _density_png(flow, target: Target, path: Path, resolution: int = 200, sample
     The target is shown normalised by its log Z on the plotting box (grid estimate); q's
     density needs its inverse, and is left out (with a note) where that fails to converge.
     """
-    from . import plots  # noqa: F401
+    from . import plots
     import matplotlib.pyplot as plt
 
     from .transforms.numerical import ConvergenceError
@@ -193,8 +192,7 @@ def _density_png(flow, target: Target, path: Path, resolution: int = 200, sample
     axes[2].hist2d(x[:, 0].numpy(), x[:, 1].numpy(), bins=resolution // 2, range=[(x0, x1), (y0, y1)])
     axes[2].set_title("q samples")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    plots.save_figure(fig, path)
 
 
 # --- pushforward vae -----------------------------------------------------------------------
@@ -312,6 +310,5 @@ def _vae_plots(out: Path, model, data, history: list[dict]) -> None:
         ax.set_ylabel("nats per image")
         ax.legend()
         fig.tight_layout()
-        fig.savefig(out / "learning_curve.png", dpi=100)
-        plt.close(fig)
+        plots.save_figure(fig, out / "learning_curve.png")
     plots.image_grid(model.sample(64).cpu() * 256, data.image_shape, 256, out / "samples.png")

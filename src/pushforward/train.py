@@ -42,7 +42,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
     Ctrl-C) leaves the old file as it was and removes the temporary one.
 
     Raises:
-        OSError: if the folder cannot be created or the file written; whatever ``write`` raises.
+        OSError: if the folder cannot be created or the file written (naming ``path``); whatever
+            ``write`` raises.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -53,9 +54,20 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
+        cause = _os_error(error)
+        if cause is not None and cause.filename is None:  # a failed write names no file: name it
+            raise OSError(cause.errno, cause.strerror or str(cause), os.fspath(path)) from error
         raise
+
+
+def _os_error(error: BaseException | None) -> OSError | None:
+    """The OSError behind ``error``: itself, or one it was raised from or while handling (torch.save
+    reports a failed write, e.g. a full disk, as a RuntimeError raised while handling it)."""
+    while error is not None and not isinstance(error, OSError):
+        error = error.__cause__ or error.__context__
+    return error
 
 
 def save_atomic(obj: object, path: str | os.PathLike) -> None:
