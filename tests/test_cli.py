@@ -434,3 +434,46 @@ def test_a_vi_target_that_fails_is_one_line_with_its_file_and_line(tmp_path):
     line = bad("vi", "--target", f"{broken}:log_p", "--dim", "2", "--steps", "2", "--out", tmp_path / "b")
     assert "SyntaxError" in line and f"{broken}, line 1" in line
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+FIT_NUMBERS = ["--transforms", "--hidden-features", "--bins", "--epochs", "--batch-size", "--lr", "--weight-decay",
+               "--clip-grad", "--patience", "--max-minutes", "--seed", "--threads"]  # --nproc > 1 starts processes
+
+
+@pytest.fixture(scope="module")
+def tiny_moons(tmp_path_factory):
+    from pushforward.data import toy
+
+    path = tmp_path_factory.mktemp("data") / "moons.csv"
+    np.savetxt(path, toy("moons", 60).numpy(), delimiter=",")
+    return path
+
+
+def test_fit_options_give_a_one_line_error_or_a_trained_run(tiny_moons, tmp_path_factory):
+    """Any value of any numeric option of `fit` (one at a time, the others tiny): exit 1 or 2 with
+    one `Error:` line and no run folder, or a run whose epoch has a finite loss."""
+    from hypothesis import given, settings, strategies as st
+
+    values = st.one_of(st.integers(-3, 3).map(str), st.floats(width=32).map(repr),
+                       st.sampled_from(["nan", "inf", "-inf", "1e40", "2.5", "abc", "", "3,0", "1x2"]))
+    threads = torch.get_num_threads()
+
+    @settings(max_examples=20, deadline=None, database=None)
+    @given(option=st.sampled_from(FIT_NUMBERS), value=values)
+    def check(option, value):
+        out = tmp_path_factory.mktemp("run") / "run"
+        base = {"--transforms": "1", "--hidden-features": "4", "--bins": "3", "--epochs": "1", "--batch-size": "16"}
+        args = [a for k, v in {**base, option: value}.items() for a in (k, v)]
+        result = run("fit", "--data", tiny_moons, "--flow", "nsf", *args, "--quiet", "--out", out, ok=False)
+        if result.exit_code == 0:
+            history = json.loads((out / "metrics.json").read_text())["history"]
+            assert history and all(np.isfinite(h["train_loss"]) for h in history)
+        else:
+            assert result.exit_code in (1, 2) and "Traceback" not in result.output and result.exception is not None
+            assert len([line for line in result.output.splitlines() if line.startswith("Error")]) == 1, result.output
+            assert not out.exists()
+
+    try:
+        check()
+    finally:
+        torch.set_num_threads(threads)
