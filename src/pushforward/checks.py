@@ -98,11 +98,13 @@ def check_arguments(**values: object) -> None:
 
 def format_bytes(n: float) -> str:
     """``n`` bytes as a short human-readable size, e.g. "1.5 GB"."""
-    for unit in ("bytes", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+    if n < 1000:
+        return f"{n:.0f} bytes"
+    for unit in ("KB", "MB", "GB"):
         n /= 1000
-    raise AssertionError("unreachable")
+        if n < 1000:
+            return f"{n:.1f} {unit}"
+    return f"{n / 1000:.1f} TB"
 
 
 def memory_bytes() -> int:

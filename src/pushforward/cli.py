@@ -135,8 +135,8 @@ def main():
                    "cpu, NCCL on cuda with a GPU each); --batch-size stays the global mini-batch, so each process "
                    "takes batch-size / nproc examples. Under torchrun, leave it out.")
 @click.option("--resume", type=click.Path(file_okay=False), default=None,
-              help="Continue the interrupted or finished run in this folder (its settings are reused; "
-                   "--epochs and --max-minutes may be changed).")
+              help="Continue the interrupted or finished run in this folder with its own settings: "
+                   "--epochs and --max-minutes may be changed, other training options are refused.")
 @one_line_errors
 def fit(data, data_dir, test_file, flow_name, transforms, hidden_features, bins, autoregressive, normalization,
         epochs, batch_size, lr, weight_decay, schedule, clip_grad, patience, max_minutes, seed, float64, compiled,
@@ -217,6 +217,7 @@ _RESUME_OPTIONS = ("epochs", "max_minutes", "device", "threads", "nproc", "as_js
 
 
 def _refuse_options_fixed_by_the_run() -> None:
+    """Raise a UsageError naming the options given with ``fit --resume`` that the run fixes."""
     ctx = click.get_current_context()
     fixed = [p for p in ctx.command.params if p.name not in _RESUME_OPTIONS
              and ctx.get_parameter_source(p.name).name not in ("DEFAULT", "DEFAULT_MAP")]

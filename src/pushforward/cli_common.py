@@ -85,7 +85,9 @@ def run_options(default_out: str, threads_help: str = "torch.set_num_threads (de
         click.option("--threads", type=number("threads"), default=None, help=threads_help),
         click.option("--out", type=click.Path(file_okay=False), default=None,
                      help=f"Run folder to write (default: {default_out}, numbered if it exists)."),
-        click.option("--overwrite", is_flag=True, help="Replace a run already in --out."),
+        click.option("--overwrite", is_flag=True,
+                     help="Replace a run already in --out (never a folder that is not a run); the old run "
+                          "stays until the new one is valid."),
         click.option("--json", "as_json", is_flag=True, help=json_help),
         click.option("--quiet", is_flag=True, help="No progress bar."),
     ]

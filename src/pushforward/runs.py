@@ -105,7 +105,7 @@ class RunFolder:
         try:
             self._recover()
             if self.resume:
-                if not is_run(self.out):
+                if not (self.out / CONFIG).is_file():
                     raise RunFolderError(f"'{self.out}' holds no run to resume")
             else:
                 check_out(self.out, self.replace)
