@@ -477,3 +477,15 @@ def test_fit_options_give_a_one_line_error_or_a_trained_run(tiny_moons, tmp_path
         check()
     finally:
         torch.set_num_threads(threads)
+
+
+def test_a_swap_cut_short_is_completed_by_the_next_writer(moons_run, tmp_path):
+    """A writer killed between moving the old run aside and moving the new one in (publish)."""
+    new, old = tmp_path / ".moons.new", tmp_path / ".moons.old"
+    moons_run.rename(old)
+    fit_moons(new, "--seed", "3")
+    assert not moons_run.exists()
+    # The next writer, under the lock, completes the swap; then finds the run there.
+    assert "already holds a run" in bad("fit", "--data", "moons", *TINY, "--out", moons_run)
+    assert json.loads((moons_run / "config.json").read_text())["train"]["seed"] == 3
+    assert leftovers(tmp_path) == []

@@ -337,7 +337,7 @@ def evaluate(run, data, data_dir, split, as_json, device):
                                        f"{config.data.name}; a --data file can only be scored by runs in the data space")
         rows = to_tensor(datasets.read_array(data))
         _check_features(rows.shape[1], config.features, run)
-        metrics = {**asdict(measure_rows(flow, rows)), "split": "all",
+        metrics = {**asdict(measure_rows(flow, rows, levels=config.data.levels)), "split": "all",
                    "scored": f"all {len(rows)} rows of {data}"}
     else:
         spec = config.data.model_dump()
@@ -402,7 +402,7 @@ def sample(run, count, output, overwrite, seed, reference_space, device):
                 yield (x if to_data is None else to_data(x)[0].float()).numpy()
 
     if suffix == ".npy":
-        atomic_write(output, lambda f: _write_npy(f, chunks(), (count, features)))
+        atomic_write(output, lambda f: _write_npy(f, chunks(), count))
     elif suffix == ".csv":
         atomic_write(output, lambda f: [np.savetxt(f, chunk, delimiter=",") for chunk in chunks()])
     else:
@@ -410,11 +410,13 @@ def sample(run, count, output, overwrite, seed, reference_space, device):
     click.echo(f"wrote {count} samples to {output}")
 
 
-def _write_npy(f, chunks, shape: tuple[int, int]) -> None:
-    """Write a float32 .npy file of ``shape`` from row chunks, one chunk in memory at a time."""
-    np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
-                                             "fortran_order": False, "shape": shape})
-    for chunk in chunks:
+def _write_npy(f, chunks, count: int) -> None:
+    """Write ``count`` float32 rows, given in chunks (n, *event), as one .npy file of shape
+    (count, *event), holding one chunk in memory at a time."""
+    for i, chunk in enumerate(chunks):
+        if i == 0:
+            np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+                                                     "fortran_order": False, "shape": (count, *chunk.shape[1:])})
         f.write(np.ascontiguousarray(chunk, dtype=np.float32).tobytes())
 
 

@@ -51,9 +51,10 @@ def number(name: str) -> click.ParamType:
 def one_line_errors(command):
     """Turn the library's documented errors into ``error: ...`` and exit status 1.
 
-    Catches ValueError, ImportError and every OSError (a missing, unreadable or unwritable
-    file, a path below a file, a full disk) and re-raises the first line of the message as a
-    click.ClickException; an OSError names its path ("PATH: Not a directory").
+    Catches ValueError, ImportError, every OSError (a missing, unreadable or unwritable file, a
+    path below a file, a full disk) and running out of memory (MemoryError, a device's
+    OutOfMemoryError), and re-raises the first line of the message as a click.ClickException;
+    an OSError names its path ("PATH: Not a directory").
     """
 
     @functools.wraps(command)
@@ -62,6 +63,9 @@ def one_line_errors(command):
             return command(*args, **kwargs)
         except OSError as e:
             raise click.ClickException(_os_message(e)) from None
+        except (MemoryError, torch.OutOfMemoryError) as e:
+            raise click.ClickException(f"out of memory ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+                                       "; try smaller sizes") from None
         except (ValueError, ImportError) as e:
             raise click.ClickException(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
 

@@ -140,13 +140,13 @@ class RunFolder:
         shutil.rmtree(self._old, ignore_errors=True)
 
     def _recover(self) -> None:
-        """Undo what a writer killed in :meth:`publish` or before left: the old run back in place,
-        no staging folder."""
+        """Finish or undo what a writer killed before it released the lock left: a swap cut
+        short in :meth:`publish` is completed (the staging folder was valid), a staging folder
+        never published is removed."""
         if self._old.exists():
-            if self.out.exists():
-                shutil.rmtree(self._old)
-            else:
-                os.replace(self._old, self.out)
+            if not self.out.exists():
+                os.replace(self._new if self._new.exists() else self._old, self.out)
+            shutil.rmtree(self._old, ignore_errors=True)
         shutil.rmtree(self._new, ignore_errors=True)
 
     def _lock(self) -> None:
