@@ -721,3 +721,22 @@ def test_load_images_errors(tmp_path, table):
             load(name, image_size=4)
     with pytest.raises(DataError, match="test_path applies to files only"):
         load(str(tmp_path / "folder"), test_path=str(tmp_path / "table.npy"))
+
+
+def test_a_headerless_csv_with_a_byte_order_mark_keeps_its_first_row(tmp_path):
+    path = tmp_path / "bom.csv"
+    path.write_bytes(b"\xef\xbb\xbf1,2\n3,4\n5,6\n")
+    np.testing.assert_array_equal(read_array(path), [[1, 2], [3, 4], [5, 6]])
+
+
+def test_an_npy_header_is_checked_before_its_data_are_read(tmp_path):
+    def npy(name, shape, data=b"\0" * 64):
+        with open(tmp_path / name, "wb") as f:
+            np.lib.format.write_array_header_1_0(f, {"descr": "<f8", "fortran_order": False, "shape": shape})
+            f.write(data)
+        return tmp_path / name
+
+    with pytest.raises(ValueError, match=r"needs about 1\.6 TB"):
+        read_array(npy("huge.npy", (10**11, 2)))
+    with pytest.raises(DataError, match="truncated"):
+        read_array(npy("short.npy", (1000, 2)))

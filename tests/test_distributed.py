@@ -151,7 +151,7 @@ def test_fit_nproc_writes_the_run_and_resumes(tmp_path):
 
 
 def test_bad_nproc_is_a_one_line_error(tmp_path):
-    for args, message in ((["--nproc", "0"], "at least 1 process"),
+    for args, message in ((["--nproc", "0"], "--nproc': '0' is not an integer >= 1"),
                           (["--nproc", "2", "--batch-size", "33"], "multiple of the number of processes, 2")):
         result = cli("fit", "--data", "moons", *args, "--out", tmp_path / "x", ok=False)
         assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output

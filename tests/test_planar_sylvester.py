@@ -114,6 +114,15 @@ def test_sylvester_bases_are_orthonormal_with_context(basis):
     torch.testing.assert_close(q.mT @ q, torch.eye(m, dtype=torch.float64).expand_as(q.mT @ q))
 
 
+@pytest.mark.parametrize("basis", [OrthogonalBasis(3), HouseholderBasis(3)], ids=repr)
+def test_sylvester_with_context_takes_an_empty_batch(basis):
+    flow = pf.SylvesterFlow(D, context_features=2, transforms=2)
+    t = Sylvester(D, 2, basis)
+    x, ladj = t(torch.zeros(0, D), torch.zeros(0, 2))
+    assert x.shape == (0, D) and ladj.shape == (0,)
+    assert flow.log_prob(torch.zeros(0, D), torch.zeros(0, 2)).shape == (0,)
+
+
 def test_sylvester_diagonals_keep_the_invertibility_condition():
     t = Sylvester(D, 0, HouseholderBasis(2)).double()
     with torch.no_grad():

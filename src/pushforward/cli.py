@@ -11,8 +11,10 @@ in an existing run folder is changed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 import sys
 import time
 from dataclasses import asdict
@@ -24,12 +26,17 @@ import torch
 
 from . import data as datasets
 from . import distributed
-from .experiment import (CHECKPOINT, CONFIG, METRICS, build_flow, gaussian_baseline, load_run, measure,
+from .checks import check_memory, training_memory
+from .config import DataConfig, FitConfig, VaeConfig, ViConfig, read_config, validate_config
+from .data.base import to_tensor
+from .experiment import (CHECKPOINT, METRICS, build_flow, gaussian_baseline, load_run, measure, measure_rows,
                          save_run, standardisation, write_json)
-from .cli_common import fresh_out, hidden_sizes, one_line_errors, preset_kwargs, run_options, torch_device
+from .cli_common import (IMAGE_SIZE, SIZES, check_output_file, fresh_out, number, one_line_errors, preset_kwargs, run_options,
+                         torch_device)
+from .runs import RunFolder
 from .cli_vi import vae, vi
 from .flows import IMAGE_PRESETS, PRESETS
-from .train import fit as fit_flow
+from .train import atomic_write, fit as fit_flow
 
 __all__ = ["main"]
 
@@ -49,6 +56,8 @@ def _emit(metrics: dict, as_json: bool) -> None:
             f"± {metrics['stderr_nats']:.4f} nats ({metrics['space']} space, n={metrics['n_examples']})")
     if metrics.get("bits_per_dim") is not None:
         line += f"; {metrics['bits_per_dim']:.4f} bits/dim"
+    if metrics.get("scored"):
+        line += f" [{metrics['scored']}]"
     click.echo(line)
 
 
@@ -103,49 +112,49 @@ def main():
 @click.option("--flow", "flow_name", type=click.Choice(sorted([*PRESETS, *IMAGE_PRESETS])), default="maf",
               show_default=True, help="The flow preset; glow and realnvp-image model images (digits, mnist, "
                                       "fashion-mnist or a folder of images) as images.")
-@click.option("--transforms", type=int, default=None, help="Number of flow layers (default: the preset's).")
-@click.option("--hidden-features", default=None,
+@click.option("--transforms", type=number("transforms"), default=None, help="Number of flow layers (default: the preset's).")
+@click.option("--hidden-features", type=SIZES, default=None,
               help="Hidden layer sizes of each conditioner, e.g. 512,512 (default: the preset's).")
-@click.option("--bins", type=int, default=8, show_default=True, help="Spline bins (nsf).")
+@click.option("--bins", type=number("bins"), default=8, show_default=True, help="Spline bins (nsf).")
 @click.option("--autoregressive/--coupling", default=False, show_default=True,
               help="Autoregressive or coupling layers (nsf).")
 @click.option("--normalization", type=click.Choice(["none", "batch", "act"]), default="none", show_default=True,
               help="Normalisation layer between flow layers.")
-@click.option("--levels", type=click.IntRange(min=1), default=None,
+@click.option("--levels", type=number("levels"), default=None,
               help="Image flows: number of levels (scales) of the multi-scale architecture (default: the preset's).")
-@click.option("--steps", type=click.IntRange(min=1), default=None, help="glow: flow steps per level.")
-@click.option("--hidden-channels", type=click.IntRange(min=1), default=None,
+@click.option("--steps", type=number("steps"), default=None, help="glow: flow steps per level.")
+@click.option("--hidden-channels", type=number("hidden_channels"), default=None,
               help="Image flows: hidden channels of each convolutional conditioner.")
-@click.option("--blocks", type=click.IntRange(min=0), default=None, help="realnvp-image: residual blocks per conditioner.")
+@click.option("--blocks", type=number("blocks"), default=None, help="realnvp-image: residual blocks per conditioner.")
 @click.option("--convolution", type=click.Choice(["lu", "1x1", "emerging", "periodic"]), default=None,
               help="glow: the invertible convolution that mixes the channels (default lu).")
 @click.option("--additive", is_flag=True, default=None, help="glow: additive instead of affine couplings.")
-@click.option("--image-size", default=None,
+@click.option("--image-size", type=IMAGE_SIZE, default=None,
               help="A folder of images: resize every image to this size, e.g. 32 or 28,28 (H,W).")
-@click.option("--epochs", type=int, default=100, show_default=True, help="Largest number of epochs.")
-@click.option("--batch-size", type=int, default=128, show_default=True, help="Mini-batch size.")
-@click.option("--lr", type=float, default=1e-3, show_default=True, help="Adam learning rate.")
-@click.option("--weight-decay", type=float, default=0.0, show_default=True, help="Adam weight decay.")
+@click.option("--epochs", type=number("epochs"), default=100, show_default=True, help="Largest number of epochs.")
+@click.option("--batch-size", type=number("batch_size"), default=128, show_default=True, help="Mini-batch size.")
+@click.option("--lr", type=number("lr"), default=1e-3, show_default=True, help="Adam learning rate.")
+@click.option("--weight-decay", type=number("weight_decay"), default=0.0, show_default=True, help="Adam weight decay.")
 @click.option("--schedule", type=click.Choice(["none", "cosine"]), default="none", show_default=True,
               help="Learning-rate schedule over the epochs.")
-@click.option("--clip-grad", type=float, default=None, help="Clip the gradient norm to this value.")
-@click.option("--patience", type=int, default=10, show_default=True,
+@click.option("--clip-grad", type=number("clip_grad"), default=None, help="Clip the gradient norm to this value.")
+@click.option("--patience", type=number("patience"), default=10, show_default=True,
               help="Stop after this many epochs without validation improvement.")
-@click.option("--max-minutes", type=float, default=None, help="Wall-clock budget for training, in minutes.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the data split, the weights and the batches.")
+@click.option("--max-minutes", type=number("max_minutes"), default=None, help="Wall-clock budget for training, in minutes.")
+@click.option("--seed", type=number("seed"), default=0, show_default=True, help="Seed of the data split, the weights and the batches.")
 @click.option("--float64", is_flag=True, help="Train in float64 instead of float32.")
 @click.option("--compile", "compiled", is_flag=True,
               help="Compile the log-likelihood with torch.compile: faster coupling NSF training on the CPU, "
                    "slower MAF (python -m benchmarks.compiled); the first steps take longer.")
 @run_options("runs/DATA-FLOW", json_help="Print the test metrics as one JSON line.",
              threads_help="torch.set_num_threads (default: torch's choice; 1 per process with --nproc or torchrun).")
-@click.option("--nproc", type=int, default=1, show_default=True,
+@click.option("--nproc", type=number("nproc"), default=1, show_default=True,
               help="Train data-parallel on this many processes of this machine (DistributedDataParallel: gloo on "
                    "cpu, NCCL on cuda with a GPU each); --batch-size stays the global mini-batch, so each process "
                    "takes batch-size / nproc examples. Under torchrun, leave it out.")
 @click.option("--resume", type=click.Path(file_okay=False), default=None,
-              help="Continue the interrupted or finished run in this folder (its settings are reused; "
-                   "--epochs and --max-minutes may be changed).")
+              help="Continue the interrupted or finished run in this folder with its own settings: "
+                   "--epochs and --max-minutes may be changed, other training options are refused.")
 @one_line_errors
 def fit(data, data_dir, test_file, flow_name, transforms, hidden_features, bins, autoregressive, normalization,
         levels, steps, hidden_channels, blocks, convolution, additive, image_size, epochs, batch_size, lr, weight_decay, schedule, clip_grad, patience, max_minutes, seed, float64, compiled,
@@ -162,50 +171,54 @@ def fit(data, data_dir, test_file, flow_name, transforms, hidden_features, bins,
     processes train one model with DistributedDataParallel and give the same result as one
     process, up to rounding (see pushforward.fit); process 0 writes the run folder.
     """
-    if nproc < 1:
-        raise click.BadParameter(f"needs at least 1 process, got {nproc}", param_hint="--nproc")
+    if resume:
+        _refuse_options_fixed_by_the_run()
     device = torch_device(device)
     if nproc > 1 and distributed.environment_world_size() > 1:
         raise click.UsageError("torchrun starts the processes already: leave --nproc out")
     world = max(nproc, distributed.environment_world_size())
     if world > 1:
         distributed.backend_for(device)
-    if threads:
-        torch.set_num_threads(threads)
     if resume:
         out = Path(resume)
-        config = json.loads((out / CONFIG).read_text()) if (out / CONFIG).is_file() else None
-        if config is None or not (out / CHECKPOINT).is_file():
-            raise click.ClickException(f"'{out}' holds no run to resume (config.json and checkpoint.pt)")
-        train_cfg = config["train"]
-        train_cfg.update({k: v for k, v in (("epochs", epochs), ("max_minutes", max_minutes))
-                          if click.get_current_context().get_parameter_source(k).name != "DEFAULT"})
+        config = read_config(out)
+        if not isinstance(config, FitConfig):
+            raise click.ClickException(f"'{out}' is a {_kind(config)} run: --resume continues runs of pushforward fit")
+        if not (out / CHECKPOINT).is_file():
+            raise click.ClickException(f"'{out}' holds no checkpoint.pt to resume from")
+        config = config.model_dump(mode="json")
+        config["train"].update({k: v for k, v in (("epochs", epochs), ("max_minutes", max_minutes))
+                                if click.get_current_context().get_parameter_source(k).name != "DEFAULT"})
     else:
-        out = fresh_out(out, f"{Path(data).stem}-{flow_name}", overwrite, hint=", --resume")
+        out = fresh_out(out, f"{Path(data).stem}-{flow_name}", overwrite)
         kwargs = preset_kwargs(flow_name, {
             "transforms": transforms, "normalization": None if normalization == "none" else normalization,
-            "hidden_features": hidden_sizes(hidden_features) if hidden_features else None, "bins": bins,
-            "autoregressive": autoregressive, "levels": levels, "steps": steps, "hidden_channels": hidden_channels,
-            "blocks": blocks, "convolution": convolution, "additive": additive})
+            "hidden_features": hidden_features, "bins": bins, "autoregressive": autoregressive, "levels": levels,
+            "steps": steps, "hidden_channels": hidden_channels, "blocks": blocks, "convolution": convolution,
+            "additive": additive})
         config = {
             "flow": flow_name, "flow_kwargs": kwargs,
-            "data": {"name": data, "data_dir": data_dir, "seed": seed, "test_path": test_file,
+            "data": {"name": _absolute_data(data), "display": data, "data_dir": _absolute(data_dir), "seed": seed,
+                     "test_path": _absolute(test_file),
                      # a folder holds images, which only image flows take (digits and mnist are
                      # rows for the vector flows, as in the MAF paper)
                      "images": flow_name in IMAGE_PRESETS or Path(data).expanduser().is_dir(),
-                     "image_size": list(hidden_sizes(image_size, "--image-size")) if image_size else None},
+                     "image_size": list(image_size) if image_size else None},
             "train": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
                       "schedule": None if schedule == "none" else schedule, "clip_grad": clip_grad,
                       "patience": patience, "max_minutes": max_minutes, "seed": seed,
                       "dtype": "float64" if float64 else "float32", "compile": compiled},
         }
+    validate_config(config, "the options")
     batch = config["train"]["batch_size"]
-    if batch < 1 or batch % world:
+    if batch % world:
         raise click.BadParameter(f"{batch} must be a positive multiple of the number of processes, {world} "
                                  f"(each process takes batch-size / {world} examples of every mini-batch)",
                                  param_hint="--batch-size")
-    job = {"out": str(out), "config": config, "resume": bool(resume), "device": str(device), "as_json": as_json,
-           "quiet": quiet, "processes": world}
+    if threads:
+        torch.set_num_threads(threads)
+    job = {"out": str(out), "config": config, "resume": bool(resume), "replace": overwrite, "device": str(device),
+           "as_json": as_json, "quiet": quiet, "processes": world}
     if nproc > 1:
         try:
             stopped = distributed.launch(_fit_job, nproc, (job,), device=device, threads=threads)
@@ -222,9 +235,38 @@ def fit(data, data_dir, test_file, flow_name, transforms, hidden_features, bins,
         sys.exit(130)
 
 
+# What `fit --resume` may change; every other option is the run's own (config.json).
+_RESUME_OPTIONS = ("epochs", "max_minutes", "device", "threads", "nproc", "as_json", "quiet", "resume")
+
+
+def _refuse_options_fixed_by_the_run() -> None:
+    """Raise a UsageError naming the options given with ``fit --resume`` that the run fixes."""
+    ctx = click.get_current_context()
+    fixed = [p for p in ctx.command.params if p.name not in _RESUME_OPTIONS
+             and ctx.get_parameter_source(p.name).name not in ("DEFAULT", "DEFAULT_MAP")]
+    if fixed:
+        names = ", ".join(p.opts[-1] if p.name != "compiled" else "--compile" for p in fixed)
+        raise click.UsageError(f"--resume continues the run with its own settings and cannot change {names}; "
+                               "it takes --epochs, --max-minutes, --device, --threads, --nproc, --json and --quiet")
+
+
+def _kind(config) -> str:
+    return "vi" if isinstance(config, ViConfig) else "vae" if isinstance(config, VaeConfig) else "fit"
+
+
+def _absolute(path: str | None) -> str | None:
+    return None if path is None else os.path.abspath(os.path.expanduser(path))
+
+
+def _absolute_data(data: str) -> str:
+    """A data file's absolute path (so that the run works from any folder); a built-in name as it is."""
+    return data if data.lower() in datasets.NAMES else _absolute(data)
+
+
 def _fit_job(job: dict) -> str:
     """Train the run that ``fit`` prepared, in one process or in each process of a data-parallel
-    group; process 0 writes the run folder and prints. Returns why training stopped."""
+    group; process 0 writes the run folder (locked, see :class:`~pushforward.runs.RunFolder`) and
+    prints. Returns why training stopped."""
     # Every process has checked the run folder (under torchrun) before process 0 writes into it.
     distributed.barrier()
     lead = distributed.rank() == 0
@@ -236,36 +278,44 @@ def _fit_job(job: dict) -> str:
         torch.manual_seed(config["train"]["seed"])
         config["features"] = dataset.features
         config["data"].update(space=dataset.space, levels=dataset.levels, image_shape=dataset.image_shape)
+        tc = config["train"]
+        check_memory(f"training this {config['flow']} flow",
+                     training_memory(dataset.features, config["flow_kwargs"].get("transforms", 1),
+                                     config["flow_kwargs"].get("hidden_features"), tc["batch_size"],
+                                     8 if tc["dtype"] == "float64" else 4))
         if config["data"].get("images"):
             config["event_shape"] = list(dataset.event_shape)
             config["flow_kwargs"]["pixel_levels"] = dataset.levels  # the preset maps to [0, levels)
             flow = build_flow(config["flow"], dataset.event_shape, config["flow_kwargs"])
         else:
             flow = build_flow(config["flow"], dataset.features, config["flow_kwargs"], *standardisation(dataset.train))
-        if lead:
-            save_run(out, flow, config)
     else:
         flow, _ = load_run(out, weights=CHECKPOINT)
-    tc = config["train"]
-    result = fit_flow(flow, dataset.train, dataset.valid, epochs=tc["epochs"], batch_size=tc["batch_size"],
-                      lr=tc["lr"], weight_decay=tc["weight_decay"], schedule=tc["schedule"],
-                      clip_grad=tc["clip_grad"], patience=tc["patience"], max_minutes=tc["max_minutes"],
-                      seed=tc["seed"], dtype=getattr(torch, tc["dtype"]), device=job["device"],
-                      progress=not job["quiet"], verbose=not as_json, checkpoint=out / CHECKPOINT, resume=resume,
-                      compile=tc.get("compile", False))
-    if not lead:
-        return result.stopped
-    if result.stopped == "interrupted":
-        click.echo(f"interrupted: checkpoint saved; continue with: pushforward fit --resume {out}", err=True)
-        return result.stopped
-    flow.cpu().float()
-    save_run(out, flow, config)
-    metrics = _metrics(flow, dataset, "test", result.seconds, out)
-    metrics.update(best_epoch=result.best_epoch, best_valid_log_likelihood_nats=result.best_valid,
-                   stopped=result.stopped, processes=job["processes"], history=result.history,
-                   gaussian_baseline=_gaussian_metrics(dataset))
-    write_json(metrics, out / METRICS)
-    _plots(out, flow, dataset, result.history)
+    with RunFolder(out, replace=job["replace"], resume=resume) if lead else contextlib.nullcontext() as run:
+        if lead and not resume:
+            save_run(run.path, flow, config)
+        tc = config["train"]
+        result = fit_flow(flow, dataset.train, dataset.valid, epochs=tc["epochs"], batch_size=tc["batch_size"],
+                          lr=tc["lr"], weight_decay=tc["weight_decay"], schedule=tc["schedule"],
+                          clip_grad=tc["clip_grad"], patience=tc["patience"], max_minutes=tc["max_minutes"],
+                          seed=tc["seed"], dtype=getattr(torch, tc["dtype"]), device=job["device"],
+                          progress=not job["quiet"], verbose=not as_json,
+                          checkpoint=run.file(CHECKPOINT) if lead else out / CHECKPOINT, resume=resume,
+                          compile=tc.get("compile", False), on_checkpoint=run.publish if lead else None)
+        if not lead:
+            return result.stopped
+        run.publish()
+        if result.stopped == "interrupted":
+            click.echo(f"interrupted: checkpoint saved; continue with: pushforward fit --resume {out}", err=True)
+            return result.stopped
+        flow.cpu().float()
+        save_run(out, flow, config)
+        metrics = _metrics(flow, dataset, "test", result.seconds, out)
+        metrics.update(best_epoch=result.best_epoch, best_valid_log_likelihood_nats=result.best_valid,
+                       stopped=result.stopped, processes=job["processes"], history=result.history,
+                       gaussian_baseline=_gaussian_metrics(dataset))
+        write_json(metrics, out / METRICS)
+        _plots(out, flow, dataset, result.history)
     if not as_json:
         click.echo(f"stopped: {result.stopped} after {len(result.history)} epochs ({result.seconds:.0f} s), "
                    f"best epoch {result.best_epoch}", err=True)
@@ -282,10 +332,12 @@ def _fit_job(job: dict) -> str:
 
 @main.command()
 @click.argument("run", type=click.Path(file_okay=False))
-@click.option("--data", default=None, help="Evaluate on this data set or file instead of the run's own.")
+@click.option("--data", default=None,
+              help="Evaluate on this built-in data set (its --split) or on every row of this file (held-out data) "
+                   "instead of the run's own data.")
 @click.option("--data-dir", type=click.Path(), default=None, help="Folder of --data, if it is read from disk.")
 @click.option("--split", type=click.Choice(["train", "valid", "test"]), default="test", show_default=True,
-              help="Which split to evaluate.")
+              help="Which split of a built-in data set (or of the run's own data) to evaluate.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as one JSON line.")
 @click.option("--device", default="cpu", show_default=True, help="Torch device to evaluate on: cpu, cuda, mps.")
 @one_line_errors
@@ -294,73 +346,127 @@ def evaluate(run, data, data_dir, split, as_json, device):
 
     Nats are in the data set's reference space (logit space for mnist, as MAF reports; the
     normalised space for the MAF tabular sets; the data space otherwise); bits/dim in the
-    [0, levels)^D space of dequantised image data.
+    [0, levels)^D space of dequantised image data. A file given with --data is held-out data:
+    all of its rows are scored, in the data space. The output says which rows were scored.
     """
     device = torch_device(device)
+    file = data is not None and data.lower() not in datasets.NAMES
+    if file and click.get_current_context().get_parameter_source("split").name != "DEFAULT":
+        raise click.UsageError("--split applies to built-in data sets: every row of a --data file is scored")
     start = time.perf_counter()
     flow, config = load_run(run)
+    if isinstance(config, ViConfig):
+        raise click.ClickException(f"'{run}' is a vi run (target {config.target}): it was fitted to a density, "
+                                   "not to data; its metrics.json holds the ELBO and log Z")
     flow.to(device)
-    spec = dict(config["data"])
-    if data is not None:
-        spec.update(name=data, data_dir=data_dir, test_path=None)
-    dataset = _load_data(spec)
-    trained = tuple(config.get("event_shape") or (config["features"],))
-    if dataset.event_shape != trained:
-        def described(shape: tuple) -> str:
+    if file:
+        if config.data.space != "data":
+            raise click.ClickException(f"the model in '{run}' is fitted in the {config.data.space} space of "
+                                       f"{config.data.name}; a --data file can only be scored by runs in the data space")
+        rows = to_tensor(datasets.read_array(data))
+        _check_shape(tuple(rows.shape[1:]), config, run)
+        metrics = {**asdict(measure_rows(flow, rows, levels=config.data.levels)), "split": "all",
+                   "scored": f"all {len(rows)} rows of {data}"}
+    else:
+        spec = config.data.model_dump()
+        if data is not None:
+            spec.update(name=data, data_dir=data_dir, test_path=None, n=None)
+        dataset = _load_data(spec)
+        _check_shape(dataset.event_shape, config, run)
+        metrics = {**asdict(measure(flow, dataset, split)), "split": split,
+                   "scored": f"the {split} split of {config.data.display or spec['name'] if data is None else data}"}
+    _emit({**metrics, "seconds": round(time.perf_counter() - start, 3), "out": str(run)}, as_json)
+
+
+def _check_shape(found: tuple[int, ...], config: FitConfig, run: str) -> None:
+    """Raise a one-line error unless examples of shape ``found`` are what the run was trained on."""
+    trained = tuple(config.event_shape or (config.features,))
+    if found != trained:
+        def described(shape: tuple[int, ...]) -> str:
             return f"{shape[0]} columns" if len(shape) == 1 else f"images of shape {shape}"
 
-        raise click.ClickException(f"the data have {described(dataset.event_shape)}, the model in '{run}' "
-                                   f"was trained on {described(trained)}")
-    _emit(_metrics(flow, dataset, split, time.perf_counter() - start, Path(run)), as_json)
+        raise click.ClickException(f"the data have {described(found)}, the model in '{run}' was trained on "
+                                   f"{described(trained)}")
+
+
+# Rows drawn and written at a time: 2**22 numbers (16 MB in float32) per chunk.
+_CHUNK_NUMBERS = 2**22
 
 
 @main.command()
 @click.argument("run", type=click.Path(file_okay=False))
-@click.option("-n", "count", type=click.IntRange(min=1), default=64, show_default=True, help="Number of samples.")
+@click.option("-n", "count", type=number("count"), default=64, show_default=True, help="Number of samples.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True,
               help="Output file: .npy, .csv, or .png (an image grid for image data, a scatter plot otherwise).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
-@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+@click.option("--overwrite", is_flag=True, help="Replace the output file if it exists.")
+@click.option("--seed", type=number("seed"), default=0, show_default=True, help="Random seed.")
+@click.option("--temperature", type=number("temperature"), default=1.0, show_default=True,
               help="Scale of the base's standard deviation (Glow's temperature; below 1: smoother, typical samples).")
 @click.option("--reference-space", is_flag=True,
               help="Write samples in the reference space (e.g. logits for mnist) instead of the data space.")
 @click.option("--device", default="cpu", show_default=True,
               help="Torch device to sample on: cpu, cuda, mps (one seed gives different samples on each).")
 @one_line_errors
-def sample(run, count, output, seed, temperature, reference_space, device):
-    """Draw N samples from a trained flow and write them to a file."""
+def sample(run, count, output, overwrite, seed, temperature, reference_space, device):
+    """Draw N samples from a trained flow and write them to a file.
+
+    Samples are drawn and written in chunks of about 16 MB, so that .npy and .csv files of any
+    size take bounded memory; a .png holds all samples at once and is refused beyond this
+    machine's memory. The file appears only once it is complete.
+    """
     suffix = Path(output).suffix.lower()
     if suffix not in (".npy", ".csv", ".png"):
         raise click.ClickException(f"unknown output type {suffix!r}: use .npy, .csv or .png")
+    check_output_file(output, overwrite)
     device = torch_device(device)
     flow, config = load_run(run)
     flow.to(device)
+    features = config.features
+    if suffix == ".png":
+        check_memory(f"a plot of {count} samples", 4 * count * features)
+    data = config.data if isinstance(config, FitConfig) else None
+    to_data = None
+    if data is not None and not reference_space and data.space != "data":
+        to_data = _load_data(data.model_dump()).to_data
     torch.manual_seed(seed)
-    x = flow.sample((count,), temperature=temperature).cpu()
-    meta = config["data"]
-    if not reference_space and meta.get("space", "data") != "data":
-        x = _data_space(x, _load_data(meta))
+    size = max(1, _CHUNK_NUMBERS // features)
+
+    def chunks():
+        for start in range(0, count, size):
+            with torch.no_grad():
+                x = flow.sample((min(size, count - start),), temperature=temperature).cpu().float()
+                yield (x if to_data is None else to_data(x)[0].float()).numpy()
+
     if suffix == ".npy":
-        np.save(output, x.numpy())
+        atomic_write(output, lambda f: _write_npy(f, chunks(), count))
     elif suffix == ".csv":
-        np.savetxt(output, x.flatten(1).numpy(), delimiter=",")
+        atomic_write(output, lambda f: [np.savetxt(f, chunk.reshape(len(chunk), -1), delimiter=",") for chunk in chunks()])
     else:
-        _sample_png(x, meta, output)
+        _sample_png(torch.from_numpy(np.concatenate(list(chunks()))), data, output)
     click.echo(f"wrote {count} samples to {output}")
 
 
-def _sample_png(x: torch.Tensor, meta: dict, output: str) -> None:
+def _write_npy(f, chunks, count: int) -> None:
+    """Write ``count`` float32 rows, given in chunks (n, *event), as one .npy file of shape
+    (count, *event), holding one chunk in memory at a time."""
+    for i, chunk in enumerate(chunks):
+        if i == 0:
+            np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)),
+                                                     "fortran_order": False, "shape": (count, *chunk.shape[1:])})
+        f.write(np.ascontiguousarray(chunk, dtype=np.float32).tobytes())
+
+
+def _sample_png(x: torch.Tensor, data: DataConfig | None, output: str) -> None:
     from . import plots
 
-    if meta.get("image_shape"):
-        plots.image_grid(x, tuple(meta["image_shape"]), meta.get("levels") or 256, output)
+    if data is not None and data.image_shape:
+        plots.image_grid(x, tuple(data.image_shape), data.levels or 256, output)
         return
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.scatter(x[:, 0].numpy(), x[:, 1 % x.shape[1]].numpy(), s=2)
-    fig.savefig(output, dpi=100)
-    plt.close(fig)
+    plots.save_figure(fig, output)
 
 
 main.add_command(vi)

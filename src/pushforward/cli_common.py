@@ -13,28 +13,70 @@ from pathlib import Path
 import click
 import torch
 
-from .experiment import CONFIG
+from .checks import RANGES, Range
 from .flows import preset_options
+from .runs import check_out
 
-__all__ = ["one_line_errors", "run_options", "fresh_out", "hidden_sizes", "torch_device", "preset_kwargs"]
+__all__ = ["one_line_errors", "run_options", "number", "SIZES", "IMAGE_SIZE", "fresh_out", "check_output_file", "torch_device", "preset_kwargs"]
+
+
+class _Number(click.ParamType):
+    """A click type for a number in a :class:`~pushforward.checks.Range`: an integer, or a float
+    that is finite (NaN and infinities are refused)."""
+
+    def __init__(self, accepted: Range):
+        self.accepted = accepted
+        self.name = "integer" if accepted.integer else "float"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = value
+        else:
+            try:
+                number = int(value) if self.accepted.integer else float(value)
+            except ValueError:
+                self.fail(f"{value!r} is not {self.accepted.describe()}", param, ctx)
+        if not self.accepted.contains(number):
+            self.fail(f"{value!r} is not {self.accepted.describe()}", param, ctx)
+        return number
+
+
+def number(name: str) -> click.ParamType:
+    """The click type of the numeric option ``name`` (e.g. "lr", "epochs"): its range is the
+    library's, :data:`pushforward.checks.RANGES`, so a bad value gets the same one-line error
+    ("Invalid value for '--lr': 'nan' is not a finite number > 0") from every command."""
+    return _Number(RANGES[name])
 
 
 def one_line_errors(command):
     """Turn the library's documented errors into ``error: ...`` and exit status 1.
 
-    Catches ValueError, FileNotFoundError, IsADirectoryError, PermissionError and ImportError
-    (the errors the library raises for bad input) and re-raises the first line of the message
-    as a click.ClickException.
+    Catches ValueError, ImportError, every OSError (a missing, unreadable or unwritable file, a
+    path below a file, a full disk) and running out of memory (MemoryError, a device's
+    OutOfMemoryError), and re-raises the first line of the message as a click.ClickException;
+    an OSError names its path ("PATH: Not a directory").
     """
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except (ValueError, FileNotFoundError, IsADirectoryError, PermissionError, ImportError) as e:
+        except OSError as e:
+            raise click.ClickException(_os_message(e)) from None
+        except (MemoryError, torch.OutOfMemoryError) as e:
+            raise click.ClickException(f"out of memory ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+                                       "; try smaller sizes") from None
+        except (ValueError, ImportError) as e:
             raise click.ClickException(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
 
     return wrapper
+
+
+def _os_message(error: OSError) -> str:
+    if error.filename is None:  # raised with a message of the library's own
+        return str(error).splitlines()[0] if str(error) else type(error).__name__
+    paths = " -> ".join(str(p) for p in (error.filename, error.filename2) if p is not None)
+    return f"{paths}: {error.strerror or type(error).__name__}"
 
 
 def run_options(default_out: str, threads_help: str = "torch.set_num_threads (default: torch's choice).",
@@ -44,10 +86,12 @@ def run_options(default_out: str, threads_help: str = "torch.set_num_threads (de
     ``--overwrite``, ``--json`` (parameter ``as_json``) and ``--quiet``."""
     options = [
         click.option("--device", default="cpu", show_default=True, help="Torch device: cpu, cuda, cuda:N, mps."),
-        click.option("--threads", type=int, default=None, help=threads_help),
+        click.option("--threads", type=number("threads"), default=None, help=threads_help),
         click.option("--out", type=click.Path(file_okay=False), default=None,
                      help=f"Run folder to write (default: {default_out}, numbered if it exists)."),
-        click.option("--overwrite", is_flag=True, help="Replace a run already in --out."),
+        click.option("--overwrite", is_flag=True,
+                     help="Replace a run already in --out (never a folder that is not a run); the old run "
+                          "stays until the new one is valid."),
         click.option("--json", "as_json", is_flag=True, help=json_help),
         click.option("--quiet", is_flag=True, help="No progress bar."),
     ]
@@ -60,12 +104,13 @@ def run_options(default_out: str, threads_help: str = "torch.set_num_threads (de
     return decorate
 
 
-def fresh_out(out: str | Path | None, default: str, overwrite: bool, hint: str = "") -> Path:
-    """The run folder: ``out``, or runs/DEFAULT (runs/DEFAULT-2, -3, ... if it exists).
+def fresh_out(out: str | Path | None, default: str, overwrite: bool) -> Path:
+    """The run folder: ``out``, or runs/DEFAULT (runs/DEFAULT-2, -3, ... if it exists), checked
+    by :func:`pushforward.runs.check_out` before anything is written.
 
     Raises:
-        click.ClickException: if ``out`` already holds a run (a config.json) and not
-            ``overwrite``; ``hint`` names other ways out (e.g. ", --resume").
+        pushforward.runs.RunFolderError (a ValueError): for an empty name, a path below a file, a
+            folder that is not empty and not a run, or a run without ``overwrite``.
     """
     if out is None:
         stem = out = Path("runs") / default
@@ -73,26 +118,50 @@ def fresh_out(out: str | Path | None, default: str, overwrite: bool, hint: str =
         while out.exists():
             i += 1
             out = stem.with_name(f"{stem.name}-{i}")
-    out = Path(out)
-    if (out / CONFIG).exists() and not overwrite:
-        raise click.ClickException(f"'{out}' already holds a run; use --overwrite{hint} or another --out")
-    return out
+    return check_out(out, overwrite)
 
 
-def hidden_sizes(text: str, option: str | None = None) -> tuple[int, ...]:
-    """Sizes from "512,512" (or "512x512"): hidden layer sizes, or an image size (``option``
-    names the option in the message).
+def check_output_file(path: str | Path, overwrite: bool) -> None:
+    """Check that the output file ``path`` may be written: it does not exist (or ``overwrite``),
+    and the nearest existing folder above it is a folder.
 
     Raises:
-        click.BadParameter: for anything but positive integers.
+        click.ClickException: otherwise, naming the path.
     """
-    try:
-        sizes = tuple(int(s) for s in text.replace("x", ",").split(",") if s.strip())
-    except ValueError:
-        raise click.BadParameter(f"expected sizes like 512,512, got {text!r}", param_hint=option) from None
-    if not sizes or min(sizes) < 1:
-        raise click.BadParameter(f"expected positive sizes like 512,512, got {text!r}", param_hint=option)
-    return sizes
+    path = Path(path)
+    if path.is_dir():
+        raise click.ClickException(f"'{path}' is a folder; give a file name")
+    if path.exists() and not overwrite:
+        raise click.ClickException(f"'{path}' exists; use --overwrite to replace it")
+    existing = next(p for p in path.absolute().parents if p.exists())
+    if not existing.is_dir():
+        raise click.ClickException(f"'{existing}' is a file, not a folder: cannot write '{path}'")
+
+
+class _Sizes(click.ParamType):
+    """A click type for sizes, "512,512" (or "512x512"), as a tuple of integers >= 1: hidden
+    layer sizes, or an image size (``example`` shows the form in the message)."""
+
+    name = "sizes"
+
+    def __init__(self, example: str = "512,512"):
+        self.example = example
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            sizes = tuple(int(s) for s in value.replace("x", ",").split(",") if s.strip())
+        except ValueError:
+            sizes = ()
+        if not sizes or not all(RANGES["hidden_features"].contains(size) for size in sizes):
+            self.fail(f"{value!r} is not one or more {RANGES['hidden_features'].describe(plural=True)} "
+                      f"like {self.example}", param, ctx)
+        return sizes
+
+
+SIZES = _Sizes()
+IMAGE_SIZE = _Sizes("32 or 28,28")
 
 
 def torch_device(name: str) -> torch.device:

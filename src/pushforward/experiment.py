@@ -19,15 +19,16 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .config import FitConfig, VaeConfig, ViConfig, read_config
 from .core import Chain, Flow
 from .distributions import StandardNormal
 from .data import DataSet
 from .flows import IMAGE_PRESETS, PRESETS
-from .train import Evaluation, log_likelihoods, save_atomic
+from .train import Evaluation, atomic_write, log_likelihoods, save_atomic
 from .transforms.elementwise import Affine
 from .transforms.linear import LowerTriangular
 
-__all__ = ["build_flow", "gaussian_baseline", "standardisation", "Metrics", "measure", "save_run", "load_run", "write_json"]
+__all__ = ["build_flow", "gaussian_baseline", "standardisation", "Metrics", "measure", "measure_rows", "save_run", "load_run", "write_json"]
 
 CONFIG, MODEL, CHECKPOINT, METRICS = "config.json", "model.pt", "checkpoint.pt", "metrics.json"
 
@@ -114,32 +115,48 @@ def measure(flow: Flow, data: DataSet, split: str = "test", batch_size: int = 10
     Shapes: the split (N, *event), batches of ``batch_size`` examples along the first dimension.
 
     Raises:
-        ValueError: for an unknown split name.
+        ValueError: for an unknown split name, or an empty split.
     """
     if split not in ("train", "valid", "test"):
         raise ValueError(f"unknown split {split!r}; choose train, valid or test")
-    r = getattr(data, split)
-    ll = log_likelihoods(flow, r, batch_size)
+    return measure_rows(flow, getattr(data, split), data.space, data.to_data, data.levels, batch_size)
+
+
+def measure_rows(flow: Flow, rows: Tensor, space: str = "data", to_data=None, levels: int | None = None,
+                 batch_size: int = 1000) -> Metrics:
+    """Mean log-likelihood of ``rows`` (in the reference space ``space``) with its standard error,
+    in nats; in the data space too when ``to_data`` (a transform reference -> data, see
+    :class:`~pushforward.data.DataSet`) is given, and bits/dim for ``levels``-level data.
+
+    Shapes: rows (N, D), N >= 1.
+
+    Raises:
+        ValueError: if ``rows`` is empty.
+    """
+    ll = log_likelihoods(flow, rows, batch_size)
     ref = Evaluation.of(ll)
-    m = Metrics(ref.mean, ref.stderr, ref.n, data.space)
-    if data.to_data is not None or data.levels:
-        if data.to_data is not None:
+    m = Metrics(ref.mean, ref.stderr, ref.n, space)
+    if to_data is not None or levels:
+        if to_data is not None:
             with torch.no_grad():
-                ll = ll - torch.cat([data.to_data(r[i : i + batch_size].double())[1] for i in range(0, len(r), batch_size)]).float()
+                ll = ll - torch.cat([to_data(rows[i : i + batch_size].double())[1]
+                                     for i in range(0, len(rows), batch_size)]).float()
         dat = Evaluation.of(ll)
         m.data_log_likelihood_nats, m.data_stderr_nats = dat.mean, dat.stderr
-        if data.levels:
-            per_dim = data.features * math.log(2)
+        if levels:
+            per_dim = rows[0].numel() * math.log(2)
             m.bits_per_dim, m.bits_per_dim_stderr = -dat.mean / per_dim, dat.stderr / per_dim
     return m
 
 
 def write_json(obj: dict, path: str | os.PathLike) -> None:
-    """Write ``obj`` as indented JSON atomically (temporary file, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    """Write ``obj`` as indented JSON atomically (:func:`~pushforward.train.atomic_write`).
+
+    Raises:
+        OSError: if the file cannot be written (the old one is kept, the temporary one removed).
+    """
+    text = (json.dumps(obj, indent=2) + "\n").encode()
+    atomic_write(path, lambda f: f.write(text))
 
 
 def save_run(out: Path, flow: Flow, config: dict) -> None:
@@ -149,23 +166,32 @@ def save_run(out: Path, flow: Flow, config: dict) -> None:
     save_atomic(flow.state_dict(), out / MODEL)
 
 
-def load_run(out: str | os.PathLike, weights: str = MODEL) -> tuple[Flow, dict]:
-    """Rebuild the flow of a run folder from its config and weights.
+def load_run(out: str | os.PathLike, weights: str = MODEL) -> tuple[Flow, FitConfig | ViConfig]:
+    """Rebuild the flow of a ``fit`` or ``vi`` run folder from its config and weights.
+
+    Returns the flow in eval mode and the validated config (:mod:`pushforward.config`).
 
     Raises:
         FileNotFoundError: if the folder, its config or its weights are missing.
-        ValueError: if the config or the weights are corrupted or do not match.
+        ValueError: if the config does not match its schema (the message names the key), the
+            weights are corrupted or do not match, or the folder is a ``vae`` run.
     """
     out = Path(out)
-    for name in (CONFIG, weights):
-        if not (out / name).is_file():
-            raise FileNotFoundError(f"{out / name} not found: is '{out}' a pushforward run folder?")
+    config = read_config(out)
+    if isinstance(config, VaeConfig):
+        raise ValueError(f"'{out}' is a vae run: load it with pushforward.vae.load_vae")
+    if not (out / weights).is_file():
+        raise FileNotFoundError(f"{out / weights} not found: is '{out}' a complete pushforward run folder?")
     try:
-        config = json.loads((out / CONFIG).read_text())
-        shape = config.get("event_shape")
-        flow = build_flow(config["flow"], tuple(shape) if shape else config["features"], config["flow_kwargs"])
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ValueError(f"{out / CONFIG} is corrupted ({e})") from None
+        if isinstance(config, ViConfig):
+            flow = PRESETS[config.flow](config.features, **config.flow_kwargs)
+        else:
+            if config.features is None:
+                raise ValueError("features: missing")
+            shape = tuple(config.event_shape) if config.event_shape else config.features
+            flow = build_flow(config.flow, shape, config.flow_kwargs)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{out / CONFIG} is corrupted ({type(e).__name__}: {e})") from None
     try:
         state = torch.load(out / weights, map_location="cpu", weights_only=True)
         if weights == CHECKPOINT:

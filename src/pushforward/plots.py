@@ -14,8 +14,21 @@ import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from .core import Flow  # noqa: E402
+from .train import atomic_write  # noqa: E402
 
-__all__ = ["learning_curve", "density_2d", "image_grid"]
+__all__ = ["learning_curve", "density_2d", "image_grid", "save_figure"]
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 100) -> None:
+    """Save ``fig`` as a PNG through :func:`~pushforward.train.atomic_write` and close it.
+
+    Raises:
+        OSError: naming ``path`` if it cannot be written (an old file there is kept).
+    """
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
+    finally:
+        plt.close(fig)
 
 
 def learning_curve(history: list[dict], path: str | os.PathLike) -> None:
@@ -28,8 +41,7 @@ def learning_curve(history: list[dict], path: str | os.PathLike) -> None:
     ax.set_ylabel("nats per example")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def density_2d(flow: Flow, data: Tensor, path: str | os.PathLike, resolution: int = 200) -> None:
@@ -54,8 +66,7 @@ def density_2d(flow: Flow, data: Tensor, path: str | os.PathLike, resolution: in
     axes[1].imshow(density.numpy(), origin="lower", extent=extent, aspect="auto")
     axes[1].set_title("learned density")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def image_grid(images: Tensor, image_shape: tuple[int, ...], levels: int, path: str | os.PathLike) -> None:

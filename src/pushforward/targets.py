@@ -30,6 +30,7 @@ import importlib
 import importlib.util
 import math
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,11 +40,33 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["Target", "TARGETS", "get_target", "load_target", "energy", "banana", "funnel", "gaussian_mixture",
-           "mixture", "grid_log_z", "BOX_WALL"]
+           "mixture", "grid_log_z", "BOX_WALL", "TargetError", "describe_error"]
 
 BOX_WALL = 0.1  # width of the soft wall that restricts U2-U4 to [-4, 4]^2
 _BOX = ((-4.0, 4.0), (-4.0, 4.0))
 _LOG_2PI = math.log(2 * math.pi)
+
+
+class TargetError(ValueError):
+    """A user target that cannot be imported or that raises: the message gives the user's own
+    error with its file and line."""
+
+
+def describe_error(error: BaseException) -> str:
+    """One line for an exception raised by user code: "TYPE: message (file, line N)", the place
+    being the syntax error's, or the innermost frame outside torch."""
+    message = str(error).splitlines()[0] if str(error) else ""
+    if isinstance(error, SyntaxError):
+        message = error.msg
+        where = (error.filename, error.lineno)
+    else:
+        frames = [f for f in traceback.extract_tb(error.__traceback__) if not f.filename.startswith(_TORCH_DIR)]
+        where = (frames[-1].filename, frames[-1].lineno) if frames else None
+    text = f"{type(error).__name__}: {message}" if message else type(error).__name__
+    return text if where is None else f"{text} ({where[0]}, line {where[1]})"
+
+
+_TORCH_DIR = str(Path(torch.__file__).parent)
 
 
 @dataclass(frozen=True)
@@ -64,6 +87,8 @@ class Target:
     Raises:
         ValueError: in ``log_prob``, if z does not end with ``dim`` or the function returns
             a tensor of another shape than z's batch shape.
+        TargetError: in ``log_prob``, if the function raises (the message gives its error,
+            file and line).
     """
 
     name: str
@@ -76,7 +101,10 @@ class Target:
     def log_prob(self, z: Tensor) -> Tensor:
         if z.dim() < 1 or z.shape[-1] != self.dim:
             raise ValueError(f"target {self.name!r} is {self.dim}-dimensional, got z of shape {tuple(z.shape)}")
-        out = self.function(z)
+        try:
+            out = self.function(z)
+        except Exception as error:
+            raise TargetError(f"target {self.name!r} failed: {describe_error(error)}") from None
         if not isinstance(out, Tensor) or out.shape != z.shape[:-1]:
             shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
             raise ValueError(f"target {self.name!r} returned {shape}, expected a tensor of shape {tuple(z.shape[:-1])}")
@@ -291,7 +319,9 @@ def load_target(spec: str, dim: int | None = None) -> Target:
     Raises:
         ValueError: for a spec without ":", an object that is not callable, a missing or
             contradictory dimension.
-        ImportError: if the module or file cannot be imported, or lacks the function.
+        ImportError: if the module or file cannot be found, or lacks the function.
+        TargetError: if importing the module or file raises (a syntax error, an exception):
+            the message gives the user's error, file and line.
         FileNotFoundError: for a .py path that does not exist.
     """
     module_name, sep, attr = spec.rpartition(":")
@@ -325,12 +355,17 @@ def _import(name: str):
         spec = importlib.util.spec_from_file_location(module_name, path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[module_name] = module
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as error:
+            raise TargetError(f"cannot load the target file {path}: {describe_error(error)}") from None
         return module
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as e:
         raise ImportError(f"cannot import {name!r} ({e})") from None
+    except Exception as error:
+        raise TargetError(f"cannot load the target module {name!r}: {describe_error(error)}") from None
 
 
 def get_target(spec: str, dim: int | None = None) -> Target:

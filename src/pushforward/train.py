@@ -16,8 +16,10 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 from torch import Tensor, nn
@@ -25,30 +27,75 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from . import distributed
+from .checks import check_arguments
 from .core import Flow
 
-__all__ = ["fit", "FitResult", "log_likelihoods", "evaluate", "Evaluation", "save_atomic"]
+__all__ = ["fit", "FitResult", "log_likelihoods", "evaluate", "Evaluation", "save_atomic", "atomic_write"]
 
 Data = Tensor | tuple[Tensor, Tensor]
 
 
-def save_atomic(obj: object, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename it over ``path``.
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
+    """Call ``write(file)`` on a temporary file in ``path``'s folder, then rename it over ``path``.
 
-    A reader never sees a half-written file, and an interrupted write leaves the old one.
+    A reader never sees a half-written file; a write that fails or is interrupted (a full disk,
+    Ctrl-C) leaves the old file as it was and removes the temporary one.
+
+    Raises:
+        OSError: if the folder cannot be created or the file written (naming ``path``); whatever
+            ``write`` raises.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
+        cause = _os_error(error)
+        if cause is not None and cause.filename is None:  # a failed write names no file: name it
+            raise OSError(cause.errno, cause.strerror or str(cause), os.fspath(path)) from error
         raise
+
+
+def _os_error(error: BaseException | None) -> OSError | None:
+    """The OSError behind ``error``: itself, or one it was raised from or while handling (torch.save
+    reports a failed write, e.g. a full disk, as a RuntimeError raised while handling it)."""
+    while error is not None and not isinstance(error, OSError):
+        error = error.__cause__ or error.__context__
+    return error
+
+
+def save_atomic(obj: object, path: str | os.PathLike) -> None:
+    """``torch.save`` of ``obj`` to ``path`` through :func:`atomic_write`.
+
+    Raises:
+        OSError: if the file cannot be written (the old one is kept, the temporary one removed).
+    """
+    atomic_write(path, lambda f: torch.save(obj, f))
+
+
+_CHECKPOINT_KEYS = ("model", "optimizer", "best_model", "epoch", "history", "best_epoch", "best_valid")
+
+
+def _read_checkpoint(checkpoint: str | os.PathLike, device: torch.device) -> dict:
+    """The checkpoint that :func:`fit` wrote, with every key it needs to resume.
+
+    Raises:
+        ValueError: if the file cannot be read as a checkpoint or lacks a key (the message names it).
+    """
+    try:
+        state = torch.load(checkpoint, map_location=device, weights_only=True)
+    except Exception as error:  # torch raises several types for a damaged file
+        raise ValueError(f"{os.fspath(checkpoint)} is corrupted ({type(error).__name__})") from None
+    missing = [key for key in _CHECKPOINT_KEYS if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise ValueError(f"{os.fspath(checkpoint)} is corrupted: it lacks {', '.join(missing)}")
+    return state
 
 
 def _split(data: Data) -> tuple[Tensor, Tensor | None]:
@@ -84,14 +131,27 @@ class Evaluation:
 
     @classmethod
     def of(cls, values: Tensor) -> "Evaluation":
+        """Mean and standard error of per-example ``values`` (N,); the standard error is NaN for N = 1.
+
+        Raises:
+            ValueError: if ``values`` is empty.
+        """
         values = values.double()
         n = len(values)
+        if n == 0:
+            raise ValueError("no examples to evaluate: the data are empty")
         stderr = float(values.std() / math.sqrt(n)) if n > 1 else float("nan")
         return cls(float(values.mean()), stderr, n)
 
 
 def evaluate(flow: Flow, data: Data, batch_size: int = 1000) -> Evaluation:
-    """Mean test log-likelihood (nats per example) with its standard error."""
+    """Mean test log-likelihood (nats per example) with its standard error.
+
+    Shapes: data x (N, *event) or (x, context (N, context_features)), N >= 1.
+
+    Raises:
+        ValueError: if the data are empty.
+    """
     return Evaluation.of(log_likelihoods(flow, data, batch_size))
 
 
@@ -162,6 +222,7 @@ def fit(
     checkpoint: str | os.PathLike | None = None,
     resume: bool = False,
     compile: bool = False,
+    on_checkpoint: Callable[[], None] | None = None,
 ) -> FitResult:
     r"""Train ``flow`` by maximum likelihood: minimise -mean log p(x) (nats) with Adam.
 
@@ -205,12 +266,18 @@ def fit(
             to minutes longer; the weights and checkpoints are the flow's own). On 2 CPU threads
             (``python -m benchmarks.compiled``) it made NSF coupling training 1.63x faster,
             autoregressive NSF 1.11x, and MAF 0.85x (slower): measure before choosing.
+        on_checkpoint: called (by process 0) after each checkpoint is written, e.g. to publish
+            a run folder once it can be resumed (:meth:`pushforward.runs.RunFolder.publish`).
 
     Raises:
-        ValueError: for an unknown ``schedule``, empty training or validation data, a loss that
+        ValueError: for a number out of its range (epochs, batch_size, patience >= 1; lr,
+            clip_grad, max_minutes > 0; weight_decay >= 0; each finite), an unknown ``schedule``, empty training or validation data, a loss that
             becomes NaN/inf, or a ``batch_size`` that the number of processes does not divide.
         FileNotFoundError: if ``resume`` is set and the checkpoint does not exist.
+        ValueError: if ``resume`` is set and the checkpoint is corrupted or lacks a key.
     """
+    check_arguments(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, clip_grad=clip_grad,
+                    patience=patience, max_minutes=max_minutes)
     if schedule not in (None, "cosine"):
         raise ValueError(f"unknown schedule {schedule!r}; choose cosine or None")
     x_train, c_train = _split(train)
@@ -231,7 +298,7 @@ def fit(
     if resume:
         if checkpoint is None or not Path(checkpoint).exists():
             raise FileNotFoundError(f"no checkpoint to resume from: {checkpoint}")
-        state = torch.load(checkpoint, map_location=device, weights_only=True)
+        state = _read_checkpoint(checkpoint, device)
         flow.load_state_dict(state["model"])
         try:
             optimizer.load_state_dict(state["optimizer"])
@@ -258,6 +325,8 @@ def fit(
                 "epoch": len(result.history), "history": result.history,
                 "best_epoch": result.best_epoch, "best_valid": result.best_valid,
             }, checkpoint)
+            if on_checkpoint is not None:
+                on_checkpoint()
 
     start = time.perf_counter()
     deadline = None if max_minutes is None else start + 60 * max_minutes

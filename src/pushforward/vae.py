@@ -21,7 +21,6 @@ Posteriors (:data:`POSTERIORS`): "gaussian" (no flow), "planar", "iaf", "househo
 from __future__ import annotations
 
 import copy
-import json
 import math
 import sys
 import time
@@ -35,6 +34,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .checks import check_arguments
+from .config import VaeConfig, read_config
 from .core import Chain, Flow
 from .distributions import StandardNormal
 from .flows import IAF, PRESETS, HouseholderFlow, PlanarFlow, SylvesterFlow
@@ -360,8 +361,11 @@ def fit_vae(model: VAE, data: BinaryImages, *, epochs: int = 1000, batch_size: i
         on_best: called with the model whenever the validation figure improves (e.g. to save it).
 
     Raises:
-        ValueError: if the loss becomes NaN/inf.
+        ValueError: for a number out of its range (epochs, batch_size, patience >= 1; lr,
+            clip_grad, max_minutes > 0; warmup >= 0), or if the loss becomes NaN/inf.
     """
+    check_arguments(epochs=epochs, batch_size=batch_size, lr=lr, warmup=warmup, patience=patience,
+                    max_minutes=max_minutes, clip_grad=clip_grad)
     torch.manual_seed(seed)
     model.to(device)
     param = next(model.parameters())
@@ -433,17 +437,20 @@ def load_vae(out: str | Path) -> tuple[VAE, dict]:
 
     Raises:
         FileNotFoundError: if the folder, its config or its weights are missing.
-        ValueError: if the config or the weights are corrupted or do not match.
+        ValueError: if the config does not match its schema (:mod:`pushforward.config`, the
+            message names the key), is not a vae run's, or the weights are corrupted or do not match.
     """
     out = Path(out)
-    for name in ("config.json", "model.pt"):
-        if not (out / name).is_file():
-            raise FileNotFoundError(f"{out / name} not found: is '{out}' a pushforward vae run folder?")
+    config = read_config(out)
+    if not isinstance(config, VaeConfig):
+        raise ValueError(f"'{out}' is not a pushforward vae run")
+    if not (out / "model.pt").is_file():
+        raise FileNotFoundError(f"{out / 'model.pt'} not found: is '{out}' a complete pushforward vae run folder?")
     try:
-        config = json.loads((out / "config.json").read_text())
-        model = VAE(**config["model"])
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ValueError(f"{out / 'config.json'} is corrupted ({e})") from None
+        model = VAE(**config.model)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{out / 'config.json'} is corrupted ({type(e).__name__}: {e})") from None
+    config = config.model_dump(mode="json")
     try:
         model.load_state_dict(torch.load(out / "model.pt", map_location="cpu", weights_only=True))
     except Exception as e:  # torch raises several types for a damaged file

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .checks import check_arguments
 from .core import Flow
 
 __all__ = ["fit_vi", "VIResult", "elbo", "estimate_log_z", "LogZEstimate", "annealing"]
@@ -163,15 +164,14 @@ def fit_vi(
         record_every: steps per history entry (default: steps // 500, at least 1).
 
     Raises:
-        ValueError: for an unknown schedule, steps or samples < 1, beta0 outside (0, 1], or an
+        ValueError: for an unknown schedule, a number out of its range (steps, samples >= 1;
+            lr, clip_grad, max_minutes > 0; beta0 in (0, 1]; anneal_steps >= 0), or an
             objective that becomes NaN/inf (e.g. a target that is -inf where q puts samples).
     """
     if schedule not in (None, "cosine"):
         raise ValueError(f"unknown schedule {schedule!r}; choose cosine or None")
-    if steps < 1 or samples < 1:
-        raise ValueError(f"steps and samples must be at least 1, got {steps} and {samples}")
-    if not 0 < beta0 <= 1:
-        raise ValueError(f"beta0 must lie in (0, 1], got {beta0}")
+    check_arguments(steps=steps, samples=samples, lr=lr, beta0=beta0, anneal_steps=anneal_steps, clip_grad=clip_grad,
+                    max_minutes=max_minutes)
     if seed is not None:
         torch.manual_seed(seed)
     record_every = record_every or max(1, steps // 500)

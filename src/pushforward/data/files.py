@@ -6,12 +6,14 @@ rows are permuted with a seed and split 80/10/10.
 
 from __future__ import annotations
 
+import math
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from . import base
+from ..checks import check_memory
 from .base import DataError, DataSet, check_array, fraction_sizes, to_tensor
 
 __all__ = ["TEXT_SUFFIXES", "read_array", "from_file"]
@@ -34,7 +36,8 @@ def read_array(path: str | Path) -> np.ndarray:
         DataError: for an unsupported suffix, an empty file, a non-numeric value (the message
             gives the line and the value), rows of different lengths, an array that is not 2-D,
             NaN or infinite values (their number and the first row and column), an NPZ file
-            with several arrays, or a file numpy cannot read.
+            with several arrays, an NPY file whose header announces more data than the file
+            holds or than this machine's memory, or a file numpy cannot read.
     """
     arrays = _read_arrays(Path(path))
     if list(arrays) != ["data"]:
@@ -100,6 +103,7 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
         return {"data": _read_text(path)}
     try:
         if suffix == ".npy":
+            _check_npy_size(path)
             return {"data": check_array(np.load(path, allow_pickle=False), str(path))}
         if suffix == ".npz":
             return _read_npz(path)
@@ -108,6 +112,29 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
         raise DataError(f"{path}: cannot read as {suffix[1:].upper()} ({error})") from None
     raise DataError(f"{path}: unsupported file type '{suffix}' (expected {', '.join(TEXT_SUFFIXES)}, .npy or .npz)")
+
+
+def _check_npy_size(path: Path) -> None:
+    """Check the array size that an .npy header announces before anything is allocated.
+
+    Raises:
+        ValueError: if the array cannot fit in this machine's memory (the message gives the
+            estimate), or if the file is shorter than the header says (a DataError).
+    """
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        if version not in ((1, 0), (2, 0)):
+            return  # np.load reads (or refuses) the other versions itself
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(f)
+        offset = f.tell()
+    if dtype.hasobject:
+        return  # pickled objects, which np.load refuses
+    size = math.prod(shape) * dtype.itemsize
+    check_memory(f"{path}, an array of shape {shape},", size)
+    if size > path.stat().st_size - offset:
+        raise DataError(f"{path}: the header announces shape {shape} ({size} bytes) but the file holds "
+                        f"{path.stat().st_size - offset} bytes of data: it is truncated or corrupted")
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
@@ -125,7 +152,8 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
 def _read_text(path: Path) -> np.ndarray:
     lines = [
         (number, line)
-        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1)
+        # utf-8-sig: a byte-order mark is not part of the first row.
+        for number, line in enumerate(path.read_text(encoding="utf-8-sig", errors="replace").splitlines(), 1)
         if line.strip() and not line.lstrip().startswith("#")
     ]
     if not lines:

@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
+from ..checks import check_arguments
 from ..core import Chain, Flow, Inverse, Transform
 from ..distributions import StandardNormal
 from ..transforms.autoregressive import MaskedAutoregressive
@@ -97,6 +98,8 @@ class MAF(Flow):
     def __init__(self, features: int, context_features: int = 0, transforms: int = 5,
                  hidden_features: Sequence[int] = (512, 512), normalization: str | None = None,
                  activation: type[nn.Module] = nn.ReLU):
+        check_arguments(features=features, context_features=context_features, transforms=transforms,
+                    hidden_features=hidden_features)
         layers = _autoregressive(features, lambda: InverseMap(AffineMap()), context_features, transforms,
                                  hidden_features, activation)
         super().__init__(StandardNormal(features), stack(layers, features, normalization))
@@ -120,6 +123,8 @@ class IAF(Flow):
     def __init__(self, features: int, context_features: int = 0, transforms: int = 5,
                  hidden_features: Sequence[int] = (512, 512), normalization: str | None = None,
                  activation: type[nn.Module] = nn.ReLU):
+        check_arguments(features=features, context_features=context_features, transforms=transforms,
+                    hidden_features=hidden_features)
         layers = _autoregressive(features, AffineMap, context_features, transforms, hidden_features,
                                  activation, inverse=True)
         super().__init__(StandardNormal(features), stack(layers, features, normalization))
@@ -152,6 +157,8 @@ class RealNVP(Flow):
     def __init__(self, features: int, context_features: int = 0, transforms: int = 5,
                  hidden_features: Sequence[int] = (256, 256), masks: str = "alternate",
                  normalization: str | None = None, activation: type[nn.Module] = nn.ReLU):
+        check_arguments(features=features, context_features=context_features, transforms=transforms,
+                    hidden_features=hidden_features)
         layers = _coupling(features, AffineMap, context_features, transforms, hidden_features, activation, masks)
         super().__init__(StandardNormal(features), stack(layers, features, normalization))
 
@@ -186,6 +193,8 @@ class NSF(Flow):
                  hidden_features: Sequence[int] = (256, 256), bins: int = 8, bound: float = 5.0,
                  autoregressive: bool = False, normalization: str | None = None,
                  activation: type[nn.Module] = nn.ReLU):
+        check_arguments(features=features, context_features=context_features, transforms=transforms,
+                    hidden_features=hidden_features, bins=bins)
         def spline() -> InverseMap:
             return InverseMap(RQSpline(bins, bound))
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from ..checks import check_arguments
 from ..core import Chain, Flow, Inverse, Transform
 from ..distributions import StandardNormal
 from ..transforms.convolution import Conv1x1, Conv1x1LU, EmergingConv, PeriodicConv
@@ -36,14 +37,12 @@ def image_shape(shape: Sequence[int], levels: int, squeezes: int) -> tuple[int, 
     times, and return it as a tuple.
 
     Raises:
-        ValueError: if the shape is not (C, H, W) of positive sizes, if ``levels`` < 1, or if H
-            and W are not divisible by 2^squeezes.
+        ValueError: if the shape is not (C, H, W) of positive sizes, or if H and W are not
+            divisible by 2^squeezes.
     """
     shape = tuple(int(s) for s in shape)
     if len(shape) != 3 or min(shape) < 1:
         raise ValueError(f"an image flow needs an image shape (C, H, W), got {shape}")
-    if levels < 1:
-        raise ValueError(f"levels must be at least 1, got {levels}")
     f = 2**squeezes
     if shape[1] % f or shape[2] % f:
         raise ValueError(f"{levels} level(s) halve the image {squeezes} time(s): height and width "
@@ -108,9 +107,8 @@ class Glow(Flow):
     def __init__(self, shape: Sequence[int], context_features: int = 0, levels: int = 3, steps: int = 32,
                  hidden_channels: int = 512, additive: bool = False, convolution: str = "lu",
                  pixel_levels: int | None = 256):
+        check_arguments(context_features=context_features, levels=levels, steps=steps, hidden_channels=hidden_channels)
         shape = image_shape(shape, levels, levels)
-        if steps < 1 or hidden_channels < 1:
-            raise ValueError(f"steps and hidden_channels must be at least 1, got {steps} and {hidden_channels}")
         elementwise_map = AdditiveMap if additive else AffineMap
         mixing = _choice(_CONVOLUTIONS, convolution, "convolution")
 
@@ -169,9 +167,9 @@ class RealNVPImage(Flow):
 
     def __init__(self, shape: Sequence[int], context_features: int = 0, levels: int = 2, hidden_channels: int = 64,
                  blocks: int = 4, alpha: float = 0.05, pixel_levels: int | None = 256):
+        check_arguments(context_features=context_features, levels=levels, hidden_channels=hidden_channels,
+                        blocks=blocks)
         shape = image_shape(shape, levels, levels - 1)
-        if hidden_channels < 1 or blocks < 0:
-            raise ValueError(f"hidden_channels must be at least 1 and blocks at least 0, got {hidden_channels}, {blocks}")
 
         def couplings(c: int, mask: str, n: int) -> list[Transform]:  # base -> data order
             layers: list[Transform] = []

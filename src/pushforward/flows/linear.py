@@ -2,6 +2,7 @@ r"""Presets built on linear transforms: the Householder flow and an LU + spline 
 
 from __future__ import annotations
 
+from ..checks import check_arguments
 from ..core import Chain, Flow
 from ..distributions import StandardNormal
 from ..transforms.elementwise import AffineMap, Elementwise
@@ -34,6 +35,7 @@ class HouseholderFlow(Flow):
     """
 
     def __init__(self, features: int, context_features: int = 0, transforms: int = 10):
+        check_arguments(features=features, context_features=context_features, transforms=transforms)
         transform = Chain(Elementwise(AffineMap(), features, context_features),
                           Householder(features, transforms, context_features))
         super().__init__(StandardNormal(features), transform)
@@ -66,6 +68,7 @@ class LUFlow(Flow):
 
     def __init__(self, features: int, context_features: int = 0, transforms: int = 5, bins: int = 8,
                  bound: float = 5.0, normalization: str | None = None):
+        check_arguments(features=features, context_features=context_features, transforms=transforms, bins=bins)
         pairs = [Chain(LU(features), Elementwise(RQSpline(bins, bound), features, context_features))
                  for _ in range(transforms)]
         super().__init__(StandardNormal(features), Chain(stack(pairs, features, normalization), LU(features)))

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from ..checks import check_arguments
 from ..core import Chain, Flow, Transform
 from ..distributions import StandardNormal
 from ..transforms.elementwise import AdditiveMap, AffineMap, Elementwise
@@ -57,6 +58,8 @@ class NICE(Flow):
     def __init__(self, features: int, context_features: int = 0, transforms: int = 4,
                  hidden_features: Sequence[int] = (256, 256), normalization: str | None = None,
                  activation: type[nn.Module] = nn.ReLU):
+        check_arguments(features=features, context_features=context_features, transforms=transforms,
+                    hidden_features=hidden_features)
         layers = _coupling(features, AdditiveMap, context_features, transforms, hidden_features, activation)
         scaling = Elementwise(AffineMap(), features, context_features)
         super().__init__(StandardNormal(features), Chain(scaling, stack(layers, features, normalization)))
@@ -92,6 +95,8 @@ class NAF(Flow):
     def __init__(self, features: int, context_features: int = 0, transforms: int = 5,
                  hidden_features: Sequence[int] = (256, 256), units: int = 16, layers: int = 1,
                  normalization: str | None = None, activation: type[nn.Module] = nn.ReLU):
+        check_arguments(features=features, context_features=context_features, transforms=transforms,
+                    hidden_features=hidden_features, units=units, layers=layers)
         def dsf() -> DeepSigmoidMap:
             return DeepSigmoidMap(units, layers)
 
@@ -132,6 +137,9 @@ class UMNN(Flow):
                  hidden_features: Sequence[int] = (256, 256), embedding: int = 16,
                  integrand_features: Sequence[int] = (64, 64), nodes: int = 33,
                  normalization: str | None = None, activation: type[nn.Module] = nn.ReLU):
+        check_arguments(features=features, context_features=context_features, transforms=transforms,
+                    hidden_features=hidden_features, embedding=embedding, integrand_features=integrand_features,
+                    nodes=nodes)
         def umnn() -> UMNNMap:
             return UMNNMap(embedding, integrand_features, nodes)
 
@@ -168,6 +176,8 @@ class BNAF(Flow):
     def __init__(self, features: int, context_features: int = 0, transforms: int = 5,
                  hidden_features: Sequence[int] = (10, 10), residual: bool = True,
                  normalization: str | None = None):
+        check_arguments(features=features, context_features=context_features, transforms=transforms,
+                    hidden_features=hidden_features)
         parts: list[Transform] = []
         for i in range(transforms):
             layer = BlockNeuralAutoregressive(features, context_features, hidden_features, residual)

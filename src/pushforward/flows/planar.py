@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ..checks import check_arguments
 from ..core import Chain, Flow, Transform
 from ..distributions import StandardNormal
 from ..transforms.elementwise import AffineMap, Elementwise
@@ -50,6 +51,7 @@ class PlanarFlow(Flow):
 
     def __init__(self, features: int, context_features: int = 0, transforms: int = 16,
                  normalization: str | None = None):
+        check_arguments(features=features, context_features=context_features, transforms=transforms)
         transform = _gaussian_then(features, context_features, transforms,
                                    lambda i: Planar(features, context_features), normalization)
         super().__init__(StandardNormal(features), transform)
@@ -74,6 +76,7 @@ class RadialFlow(Flow):
 
     def __init__(self, features: int, context_features: int = 0, transforms: int = 16,
                  normalization: str | None = None):
+        check_arguments(features=features, context_features=context_features, transforms=transforms)
         transform = _gaussian_then(features, context_features, transforms,
                                    lambda i: Radial(features, context_features), normalization)
         super().__init__(StandardNormal(features), transform)
@@ -107,6 +110,8 @@ class SylvesterFlow(Flow):
 
     def __init__(self, features: int, context_features: int = 0, transforms: int = 16, kind: str = "orthogonal",
                  columns: int | None = None, reflections: int = 4, normalization: str | None = None):
+        check_arguments(features=features, context_features=context_features, transforms=transforms, columns=columns,
+                    reflections=reflections)
         bases: dict[str, Callable[[int], object]] = {
             "orthogonal": lambda i: OrthogonalBasis(columns),
             "householder": lambda i: HouseholderBasis(reflections),

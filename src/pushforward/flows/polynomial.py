@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from ..checks import check_arguments
 from ..core import Flow
 from ..distributions import StandardNormal
 from ..transforms.elementwise import ElementwiseMap, InverseMap
@@ -52,6 +53,8 @@ class SOSFlow(Flow):
     def __init__(self, features: int, context_features: int = 0, transforms: int = 8,
                  hidden_features: Sequence[int] = (256, 256), degree: int = 4, polynomials: int = 5,
                  bound: float = 5.0, normalization: str | None = None, activation: type[nn.Module] = nn.ReLU):
+        check_arguments(features=features, context_features=context_features, transforms=transforms,
+                    hidden_features=hidden_features, degree=degree, polynomials=polynomials)
         def sos() -> ElementwiseMap:
             return InverseMap(SOSPolynomial(degree, polynomials, bound))
 
@@ -93,6 +96,8 @@ class BernsteinFlow(Flow):
     def __init__(self, features: int, context_features: int = 0, transforms: int = 5,
                  hidden_features: Sequence[int] = (256, 256), degree: int = 10, bound: float = 5.0,
                  normalization: str | None = None, activation: type[nn.Module] = nn.ReLU):
+        check_arguments(features=features, context_features=context_features, transforms=transforms,
+                    hidden_features=hidden_features, degree=degree)
         def bernstein() -> ElementwiseMap:
             return InverseMap(BernsteinPolynomial(degree, bound))
 

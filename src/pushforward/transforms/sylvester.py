@@ -51,6 +51,8 @@ def orthogonalize(q: Tensor, tol: float | None = None, max_iter: int = 100) -> T
     """
     if q.shape[-1] > q.shape[-2]:
         raise ValueError(f"cannot orthogonalise {q.shape[-1]} columns in dimension {q.shape[-2]}")
+    if q.numel() == 0:  # an empty batch: nothing to orthogonalise (and no entry to compare with tol)
+        return q
     tol = default_tolerance(q.dtype) if tol is None else tol
     eye = torch.eye(q.shape[-1], dtype=q.dtype, device=q.device)
     gram = q.mT @ q
