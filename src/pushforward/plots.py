@@ -86,4 +86,5 @@ def image_grid(images: Tensor, image_shape: tuple[int, ...], levels: int, path: 
         r, k = divmod(i, cols)
         canvas[r * (h + 1) : r * (h + 1) + h, k * (w + 1) : k * (w + 1) + w] = pixels[i]
     zoom = max(1, 512 // max(canvas.shape[:2]))  # small images (8 x 8 digits) enlarged, pixels kept sharp
-    plt.imsave(path, canvas.repeat(zoom, 0).repeat(zoom, 1))
+    canvas = canvas.repeat(zoom, 0).repeat(zoom, 1)
+    atomic_write(path, lambda f: plt.imsave(f, canvas, format="png"))
