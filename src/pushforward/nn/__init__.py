@@ -1,8 +1,8 @@
 """Conditioners: the networks that predict the parameters of element-wise maps."""
 
 from .convnet import ConvNet, cat_context_channels
-from .made import MADE, MaskedLinear
+from .made import MADE, MaskedLinear, SigmoidTanh
 from .mlp import MLP, cat_context
 from .parameters import ContextParameters
 
-__all__ = ["MADE", "MaskedLinear", "MLP", "cat_context", "ContextParameters", "ConvNet", "cat_context_channels"]
+__all__ = ["MADE", "MaskedLinear", "MLP", "cat_context", "ContextParameters", "ConvNet", "cat_context_channels", "SigmoidTanh"]

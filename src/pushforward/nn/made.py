@@ -3,8 +3,6 @@ r"""MADE: masked autoencoder for distribution estimation, the autoregressive con
 from __future__ import annotations
 
 import math
-import statistics
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -15,7 +13,7 @@ from torch.autograd.function import once_differentiable
 
 from .mlp import cat_context
 
-__all__ = ["MADE", "MaskedLinear"]
+__all__ = ["MADE", "MaskedLinear", "SigmoidTanh"]
 
 
 def _block_plan(mask: Tensor, blocks: int) -> list[tuple[slice, slice]] | None:
@@ -164,33 +162,21 @@ def _tanh_through_sigmoid_(y: Tensor) -> Tensor:
     return y.mul_(2).sigmoid_().mul_(2).sub_(1)
 
 
-_SIGMOID_TANH_IS_FASTER: bool | None = None
+class SigmoidTanh(nn.Module):
+    r"""tanh computed as 2 sigmoid(2y) - 1: the same function as ``nn.Tanh`` (within 2e-7 in
+    float32), for the CPUs whose tanh is slow.
 
+    torch's CPU tanh is about 5x slower than its sigmoid on some hosts (AMD EPYC), where a MADE
+    of tanh units trains faster with this form; on others (Intel Xeon) the three extra passes
+    cost 2-3x a ``tanh_``. The choice is the user's, never a timing's, so that one seed gives
+    the same numbers on any host: ``pf.MAF(..., activation=SigmoidTanh)``. A MADE computes its
+    density and its samples with the same formula.
 
-def _sigmoid_tanh_is_faster() -> bool:
-    """Whether, on this CPU, :func:`_tanh_through_sigmoid_` clearly beats ``tanh_`` (below 3/4 of
-    its time, medians of 7 interleaved timings on a (128, 512) float32 tensor): torch's CPU tanh
-    is about 5x slower than its sigmoid on some hosts (AMD EPYC) and faster on others (Intel
-    Xeon), where the three extra passes cost 2-3x a ``tanh_``. Measured once per process, when
-    the first tanh MADE is built (a plain global, so that ``torch.compile`` reads a constant)."""
-    global _SIGMOID_TANH_IS_FASTER
-    if _SIGMOID_TANH_IS_FASTER is None:
-        _SIGMOID_TANH_IS_FASTER = _time_tanh_forms()
-    return _SIGMOID_TANH_IS_FASTER
+    Shapes: any; elementwise.
+    """
 
-
-def _time_tanh_forms() -> bool:
-    """:func:`_sigmoid_tanh_is_faster`'s measurement."""
-    y = torch.randn(128, 512)
-    times: dict[Callable[[Tensor], Tensor], list[float]] = {torch.tanh_: [], _tanh_through_sigmoid_: []}
-    for _ in range(8):
-        for f, spent in times.items():
-            start = time.perf_counter()
-            for _ in range(4):
-                f(y)  # values stay in (-1, 1), none denormal
-            spent.append(time.perf_counter() - start)
-    tanh, sigmoid = (statistics.median(spent[1:]) for spent in times.values())
-    return sigmoid < 0.75 * tanh
+    def forward(self, y: Tensor) -> Tensor:
+        return _tanh_through_sigmoid_(y.clone())
 
 
 def _activate(activation: nn.Module, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -198,8 +184,9 @@ def _activate(activation: nn.Module, y: Tensor) -> tuple[Tensor, Tensor]:
     if isinstance(activation, nn.ReLU):
         return y.relu_(), y
     if isinstance(activation, nn.Tanh):
-        faster = y.device.type == "cpu" and _sigmoid_tanh_is_faster()
-        return (_tanh_through_sigmoid_(y) if faster else y.tanh_()), y
+        return y.tanh_(), y
+    if isinstance(activation, SigmoidTanh):
+        return _tanh_through_sigmoid_(y), y
     return activation(y), y
 
 
@@ -207,7 +194,7 @@ def _activation_grad(activation: nn.Module, saved: Tensor, grad: Tensor) -> Tens
     """dL/dy from dL/dh, with ``saved`` from :func:`_activate` (h for ReLU and tanh, else y)."""
     if isinstance(activation, nn.ReLU):
         return torch.ops.aten.threshold_backward(grad, saved, 0)
-    if isinstance(activation, nn.Tanh):
+    if isinstance(activation, (nn.Tanh, SigmoidTanh)):
         return torch.ops.aten.tanh_backward(grad, saved)
     with torch.enable_grad():
         y = saved.detach().requires_grad_()
@@ -295,8 +282,6 @@ class _MaskedLayers(nn.Module):
         self._legacy = legacy  # per layer, the key prefix of its weight, bias and mask before packing
         self._layout = _Layout(masks, blocks)
         self.activation = activation
-        if isinstance(activation, nn.Tanh):
-            _sigmoid_tanh_is_faster()  # decided now, before any tracing of the forward
         weights, biases = [], []
         for mask in masks:  # nn.Linear's initialisation, layer by layer
             weight = torch.empty(mask.shape)
