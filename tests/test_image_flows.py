@@ -43,10 +43,11 @@ def test_glow_takes_each_invertible_convolution(convolution):
 
 
 def test_glow_at_initialisation_gives_the_analytic_bits_per_dim_of_uniform_noise():
-    # At initialisation (eval mode: ActNorm not yet fitted; zero conditioners; LU-1x1 a rotation)
-    # Glow is x = 256 (R u + 1/2) for a rotation R per pixel, so for pixels uniform on [0, 256)
+    # At initialisation (eval mode: ActNorm not yet fitted; zero conditioners, additive couplings
+    # and split priors the identity; LU-1x1 a rotation) Glow is x = 256 (R u + 1/2) for rotations
+    # R of the channels, so for pixels uniform on [0, 256)
     # E[-log p(x)] / D = 1/2 log(2 pi) + E[u^2] / 2 + log 256 with u ~ U[-1/2, 1/2): E[u^2] = 1/12.
-    flow = pf.Glow((1, 8, 8), levels=2, steps=2, hidden_channels=8).eval()
+    flow = pf.Glow((1, 8, 8), levels=2, steps=2, hidden_channels=8, additive=True).eval()
     torch.manual_seed(1)
     x = torch.rand(20000, 1, 8, 8) * 256
     with torch.no_grad():

@@ -27,7 +27,7 @@ from .transforms.convolution import Conv1x1, Conv1x1LU, EmergingConv, PeriodicCo
 from .transforms.coupling import Coupling, ImageCoupling, alternating_mask
 from .transforms.multiscale import MultiScale
 from .transforms.reshape import Squeeze
-from .transforms.elementwise import AdditiveMap, Affine, AffineMap, Elementwise, Sigmoid, logit_preprocessing
+from .transforms.elementwise import AdditiveMap, Affine, AffineMap, Elementwise, SigmoidAffineMap, Sigmoid, logit_preprocessing
 from .transforms.linear import LowerTriangular, Permutation
 from .transforms.linear import ConvexCombinationTriangular, Dense, Householder, LU, QR, UpperTriangular
 from .transforms.planar_radial import Planar, Radial
@@ -73,6 +73,7 @@ def _vector_examples() -> Iterator[tuple[str, Callable[[int], Transform], bool]]
     """(name, builder(context_features) -> transform, supports context) for vector transforms."""
     d, half = FEATURES, alternating_mask(FEATURES, 1)
     yield "elementwise-affine", lambda c: Elementwise(AffineMap(), d, c), True
+    yield "elementwise-sigmoid-affine", lambda c: Elementwise(SigmoidAffineMap(), d, c), True
     yield "elementwise-rq-spline", lambda c: Elementwise(RQSpline(bins=4, bound=2.0), d, c), True
     yield "elementwise-affine-fixed", lambda c: Affine(torch.linspace(-1, 1, d), torch.linspace(0.5, 2, d)), False
     yield "elementwise-sigmoid", lambda c: Sigmoid(), False
@@ -138,6 +139,7 @@ def _image_examples() -> Iterator[tuple[str, Callable[[int], Transform], bool]]:
     yield "coupling-affine-channel", lambda c: ImageCoupling(c0, AffineMap(), "channel", 0, c, 4), True
     yield "coupling-additive-channel-odd", lambda c: ImageCoupling(c0, AdditiveMap(), "channel", 1, c, 4, blocks=1), True
     yield "coupling-affine-checkerboard", lambda c: ImageCoupling(c0, AffineMap(), "checkerboard", 1, c, 4), True
+    yield "coupling-sigmoid-affine-channel", lambda c: ImageCoupling(c0, SigmoidAffineMap(), "channel", 0, c, 4), True
 
     def inner(c: int) -> Transform:  # on the channels that go on: (1, 4, 4)
         return Chain(ImageCoupling(1, AffineMap(), "checkerboard", 0, c, 4), ActNorm(1, event_dims=3))

@@ -5,7 +5,7 @@ from .convolution import Conv1x1, Conv1x1LU, EmergingConv, PeriodicConv
 from .coupling import Coupling, ImageCoupling, alternating_mask, checkerboard
 from .multiscale import MultiScale
 from .reshape import Squeeze
-from .elementwise import AdditiveMap, Affine, AffineMap, DomainError, Elementwise, ElementwiseMap, Sigmoid, logit_preprocessing
+from .elementwise import AdditiveMap, Affine, AffineMap, SigmoidAffineMap, DomainError, Elementwise, ElementwiseMap, Sigmoid, logit_preprocessing
 from .linear import LowerTriangular, Permutation
 from .linear import LU, QR, ConvexCombinationTriangular, Dense, Householder, Triangular, UpperTriangular, householder
 from .planar_radial import Planar, Radial
@@ -21,7 +21,7 @@ from .splines import (CubicSpline, LinearRationalSpline, PiecewiseLinear, Piecew
 from .polynomials import BernsteinPolynomial, SOSPolynomial, bernstein_basis
 
 __all__ = [
-    "MaskedAutoregressive", "Coupling", "ImageCoupling", "alternating_mask", "checkerboard", "MultiScale", "Squeeze", "AdditiveMap", "Affine", "AffineMap", "DomainError",
+    "MaskedAutoregressive", "Coupling", "ImageCoupling", "alternating_mask", "checkerboard", "MultiScale", "Squeeze", "AdditiveMap", "Affine", "AffineMap", "SigmoidAffineMap", "DomainError",
     "Elementwise", "ElementwiseMap", "Sigmoid", "logit_preprocessing", "Permutation", "LowerTriangular", "ActNorm",
     "BatchNorm", "ConvergenceError", "bisection", "RQSpline", "rational_quadratic_spline", "with_identity_tails",
     "Triangular", "UpperTriangular", "ConvexCombinationTriangular", "Householder", "householder", "LU", "QR", "Dense",

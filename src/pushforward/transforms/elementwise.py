@@ -199,6 +199,37 @@ class AffineMap(ElementwiseMap):
         return self._map(x, h, -1.0)
 
 
+class SigmoidAffineMap(ElementwiseMap):
+    r"""Affine map whose scale in the data -> base direction is sigmoid(s_raw + 2), as Glow's
+    couplings: it can only contract there, which keeps deep stacks stable.
+
+    Data -> base (inverse): z = (x - t) * sigmoid(s_raw + 2), ladj = log sigmoid(s_raw + 2)
+    = -softplus(-s_raw - 2) <= 0; base -> data (forward): x = z / sigmoid(s_raw + 2) + t,
+    ladj = softplus(-s_raw - 2). Zero parameters give the scale sigmoid(2) = 0.88, not the
+    identity (as in Glow).
+
+    Shapes: z, x (*shape); h (*shape, 2) = (t, s_raw).
+
+    Reference: Kingma & Dhariwal. Glow: generative flow with invertible 1x1 convolutions.
+    NeurIPS 2018, table 1 and the reference code's ``scale = sigmoid(h + 2)``.
+    """
+
+    params = 2
+
+    @staticmethod
+    def _log_scale(h: Tensor) -> Tensor:
+        """log of the base -> data scale, softplus(-s_raw - 2) >= 0."""
+        return F.softplus(-h[..., 1] - 2)
+
+    def forward(self, z: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        s = self._log_scale(h)
+        return z * torch.exp(s) + h[..., 0], s.expand_as(z)
+
+    def inverse(self, x: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+        s = self._log_scale(h)
+        return (x - h[..., 0]) * torch.exp(-s), (-s).expand_as(x)
+
+
 class AdditiveMap(ElementwiseMap):
     r"""Additive (volume-preserving) map x = z + t; ladj = 0.
 
