@@ -642,3 +642,18 @@ def test_coupling_keeps_its_conditioning_part_and_maps_the_other_in_place(featur
         assert torch.equal(x[:, ~mask], z[:, ~mask])
         torch.testing.assert_close(x[:, mask], x_b, rtol=0, atol=0)
         torch.testing.assert_close(ladj, ladj_b.sum(-1))
+
+
+def test_atomic_writes_give_files_the_usual_permissions(tmp_path):
+    """A run's files are written through a temporary file, but readable as if opened plainly
+    (mode 0666 less the umask), not private as mkstemp makes them."""
+    import os
+
+    from pushforward.train import atomic_write
+
+    old = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "a.bin", lambda f: f.write(b"x"))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.bin").stat().st_mode & 0o777 == 0o644
