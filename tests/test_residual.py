@@ -250,3 +250,12 @@ def test_presets_sample_and_score_their_samples():
         context = torch.randn(6, 2, dtype=torch.float64)
         x, log_p = flow.sample_and_log_prob((), context)
         torch.testing.assert_close(flow.log_prob(x, context), log_p)
+
+
+def test_reported_metrics_name_the_log_det_estimator():
+    from pushforward.experiment import measure_rows
+
+    rows = torch.randn(20, 3)
+    assert measure_rows(pf.ResidualFlow(3, transforms=2, hidden_features=(8,)), rows).log_det == "exact"
+    assert measure_rows(pf.IResNet(200, transforms=1, hidden_features=(8,)), torch.randn(20, 200)).log_det == "series"
+    assert measure_rows(pf.MAF(3, transforms=1, hidden_features=(8,)), rows).log_det is None

@@ -146,10 +146,14 @@ class ResidualBlock(Transform):
         self.net = LipschitzMLP(context_features + features, features, hidden_features, coefficient, activation,
                                 iterations)
 
+    def estimator_in(self, training: bool) -> str:
+        """The log-det estimator of training mode (``estimator``) or evaluation mode (``eval_estimator``)."""
+        return self.estimator if training else self.eval_estimator
+
     @property
     def active_estimator(self) -> str:
-        """The log-det estimator of the current mode: ``estimator`` in training, else ``eval_estimator``."""
-        return self.estimator if self.training else self.eval_estimator
+        """The log-det estimator of the current mode."""
+        return self.estimator_in(self.training)
 
     def _g(self, weights: Sequence[Tensor], context: Tensor | None) -> Callable[[Tensor], Tensor]:
         return lambda z: self.net.apply(weights, cat_context(z, context, self.context_features, "ResidualBlock"))
@@ -264,7 +268,14 @@ class ResidualBlock(Transform):
         return f"features={self.features}, estimator={self.estimator!r}, eval_estimator={self.eval_estimator!r}"
 
 
-def log_det_estimators(module: nn.Module) -> list[str]:
-    """The log-det estimators that the residual blocks of ``module`` use in its current mode,
-    sorted and without repeats (empty when it has none)."""
-    return sorted({m.active_estimator for m in module.modules() if isinstance(m, ResidualBlock)})
+def log_det_estimators(module: nn.Module, training: bool | None = None) -> list[str]:
+    """The log-det estimators that the residual blocks of ``module`` use in training mode
+    (``training`` True), evaluation mode (False) or each block's current mode (None), sorted and
+    without repeats; empty when it has none.
+
+    >>> import pushforward as pf
+    >>> log_det_estimators(pf.ResidualFlow(2), training=True), log_det_estimators(pf.ResidualFlow(2), training=False)
+    (['roulette'], ['exact'])
+    """
+    return sorted({m.active_estimator if training is None else m.estimator_in(training)
+                   for m in module.modules() if isinstance(m, ResidualBlock)})
