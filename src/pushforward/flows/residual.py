@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from torch import nn
 
 from ..checks import check_arguments
-from ..core import Flow, Inverse
+from ..core import Chain, Flow, Inverse
 from ..distributions import StandardNormal
 from ..nn.lipschitz import ELU, LipSwish
 from ..transforms.residual import ResidualBlock
@@ -25,8 +25,9 @@ __all__ = ["ResidualFlow", "IResNet"]
 
 
 def _residual_chain(features: int, context_features: int, transforms: int, normalization: str | None,
-                    activation: type[nn.Module], **block: object):
-    layers = [Inverse(ResidualBlock(features, context_features, activation=activation, **block))  # type: ignore[arg-type]
+                    activation: type[nn.Module], **block) -> Chain:
+    """``transforms`` blocks applied data -> base (``Inverse(ResidualBlock)``), a normalisation between them."""
+    layers = [Inverse(ResidualBlock(features, context_features, activation=activation, **block))
               for _ in range(transforms)]
     return stack(layers, features, normalization)
 

@@ -206,7 +206,7 @@ class LipschitzMLP(nn.Module):
         """Every layer's normalised weight, computed once for the calls that follow."""
         return [layer.effective_weight() for layer in self.linears]
 
-    def apply(self, weights: Sequence[Tensor], x: Tensor) -> Tensor:  # type: ignore[override]
+    def forward_with(self, weights: Sequence[Tensor], x: Tensor) -> Tensor:
         """The network at ``x`` with the given effective ``weights``."""
         for i, (layer, w) in enumerate(zip(self.linears, weights)):
             x = F.linear(x, w, layer.bias)
@@ -215,7 +215,7 @@ class LipschitzMLP(nn.Module):
         return x
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.apply(self.effective_weights(), x)
+        return self.forward_with(self.effective_weights(), x)
 
     def jacobian(self, weights: Sequence[Tensor], x: Tensor, columns: slice) -> tuple[Tensor, Tensor]:
         """The output at ``x`` and its Jacobian with respect to ``x[..., columns]``.

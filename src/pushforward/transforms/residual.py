@@ -156,7 +156,7 @@ class ResidualBlock(Transform):
         return self.estimator_in(self.training)
 
     def _g(self, weights: Sequence[Tensor], context: Tensor | None) -> Callable[[Tensor], Tensor]:
-        return lambda z: self.net.apply(weights, cat_context(z, context, self.context_features, "ResidualBlock"))
+        return lambda z: self.net.forward_with(weights, cat_context(z, context, self.context_features, "ResidualBlock"))
 
     def _forward(self, z: Tensor, context: Tensor | None, weights: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
         """x = z + g(z) and its ladj by the active estimator."""
