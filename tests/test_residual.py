@@ -60,7 +60,7 @@ def symmetric_linear_block(**kwargs) -> ResidualBlock:
                                               ((16, 16), 0.5, 0.5)],
                          ids=["linear-0.9", "linear-symmetric-0.9", "mlp-0.9", "mlp-0.5-default-p"])
 def test_russian_roulette_is_unbiased(hidden, bound, p):
-    options = dict(estimator="roulette", eval_estimator="roulette", stop_probability=p)
+    options = dict(estimator="roulette", eval_estimator="roulette", stop_probability=p, terms_per_example=True)
     t = symmetric_linear_block(**options) if hidden == "symmetric" else block(hidden=hidden, bound=bound, **options)
     t.eval()
     z = torch.randn(1, 3, dtype=torch.float64)
@@ -71,6 +71,16 @@ def test_russian_roulette_is_unbiased(hidden, bound, p):
     mean, stderr = mean_and_stderr(ladj)
     exact = exact_ladj(t, z)[0]
     assert abs(mean - exact) < 4 * stderr, (float(mean), float(exact), float(stderr))
+
+
+def test_russian_roulette_with_one_draw_per_call_is_unbiased():
+    """The default: the examples of a call share N; the call means are the independent draws."""
+    t = symmetric_linear_block(estimator="roulette", eval_estimator="roulette", stop_probability=0.15).eval()
+    z = torch.randn(1, 3, dtype=torch.float64)
+    with torch.no_grad():
+        ladj = torch.stack([t(z.expand(4, -1))[1].mean() for _ in range(400)])
+    mean, stderr = mean_and_stderr(ladj)
+    assert abs(mean - exact_ladj(t, z)[0]) < 4 * stderr
 
 
 def test_series_is_unbiased_for_its_truncation_and_its_bias_shrinks_with_n():
@@ -95,7 +105,7 @@ def test_series_is_unbiased_for_its_truncation_and_its_bias_shrinks_with_n():
 
 
 def test_neumann_gradient_matches_autograd_of_the_exact_log_det():
-    t = block(hidden=(8,), bound=0.9, estimator="roulette", stop_probability=0.15).train()
+    t = block(hidden=(8,), bound=0.9, estimator="roulette", stop_probability=0.15, terms_per_example=True).train()
     z = torch.randn(1, 3, dtype=torch.float64)
     params = [t.net.linears[0].bias, t.net.linears[1].weight]
     # exact: autograd of slogdet(I + J) with respect to z and the parameters
@@ -120,7 +130,7 @@ def test_roulette_memory_does_not_keep_the_terms_graphs():
     product whatever the number of terms (checked through the saved tensors' count)."""
     sizes = []
     for p in (0.9, 0.05):  # about 2 and about 60 terms
-        t = block(estimator="roulette", stop_probability=p).train()
+        t = block(estimator="roulette", stop_probability=p, terms_per_example=True).train()
         z = torch.randn(200, 3, dtype=torch.float64, requires_grad=True)
         saved = []
         with torch.autograd.graph.saved_tensors_hooks(lambda x: saved.append(x.numel()) or x, lambda x: x):
@@ -182,9 +192,10 @@ def spectral_norms(flow: pf.Flow) -> tuple[list[float], list[float]]:
     return raw, effective
 
 
-def test_spectral_norm_is_at_most_c_after_training():
+@pytest.mark.parametrize("iterations", [None, 1])
+def test_spectral_norm_is_at_most_c_after_training(iterations):
     c = 0.9
-    flow = pf.ResidualFlow(3, transforms=2, hidden_features=(16, 16), coefficient=c)
+    flow = pf.ResidualFlow(3, transforms=2, hidden_features=(16, 16), coefficient=c, iterations=iterations)
     train_steps(flow)
     raw, effective = spectral_norms(flow.train())
     assert max(raw) > 1.5 * c  # the cap bites
@@ -192,16 +203,16 @@ def test_spectral_norm_is_at_most_c_after_training():
     assert max(spectral_norms(flow.eval())[1]) <= c * (1 + 1e-5)
 
 
-def test_power_iteration_option_is_exact_in_evaluation():
-    """With iterations=1 the training-mode norm is the power iteration's lower bound (the papers'
-    way, which lets the effective weights exceed c); evaluation mode is exact all the same."""
-    c = 0.9
-    flow = pf.ResidualFlow(3, transforms=2, hidden_features=(16, 16), coefficient=c, iterations=1)
-    train_steps(flow)
-    assert max(spectral_norms(flow.eval())[1]) <= c * (1 + 1e-5)
-    layer = next(m for m in flow.modules() if isinstance(m, SpectralLinear)).train()
-    with torch.no_grad():
-        assert float(layer.sigma()) <= float(torch.linalg.matrix_norm(layer.weight, 2)) * (1 + 1e-5)
+def test_power_iteration_gradient_of_the_norm_converges_to_the_exact_one():
+    layer = SpectralLinear(6, 5, 0.5, iterations=1).double()
+    exact = torch.autograd.grad(layer.eval().sigma(), layer.weight)[0]
+    layer.train()
+    first = torch.autograd.grad(layer.sigma(), layer.weight)[0]
+    for _ in range(200):
+        estimate = layer.sigma()
+    torch.testing.assert_close(estimate, torch.linalg.matrix_norm(layer.weight, 2))
+    torch.testing.assert_close(torch.autograd.grad(estimate, layer.weight)[0], exact)
+    assert not torch.allclose(first, exact, atol=1e-3)
 
 
 def test_residual_map_is_a_contraction():

@@ -54,9 +54,8 @@ class ResidualFlow(Flow):
         coefficient: spectral-norm bound c < 1 of each linear layer of g.
         exact_terms: terms of the series that every estimate computes.
         stop_probability: p of the geometric number of further terms, 0 < p < 1.
-        iterations: None for exact spectral norms at every step (the bound holds); else
-            power-iteration steps per training step, as in the paper (the bound then holds only
-            approximately while training; evaluation uses exact norms).
+        iterations: power-iteration steps per training step for the gradient of the spectral
+            norms, whose values are exact (None: exact gradients too, slower).
         normalization: "act" (ActNorm, the paper's), "batch" or None between blocks.
 
     Raises:
@@ -65,7 +64,7 @@ class ResidualFlow(Flow):
 
     def __init__(self, features: int, context_features: int = 0, transforms: int = 8,
                  hidden_features: Sequence[int] = (128, 128), coefficient: float = 0.97, exact_terms: int = 2,
-                 stop_probability: float = 0.5, iterations: int | None = None, normalization: str | None = "act"):
+                 stop_probability: float = 0.5, iterations: int | None = 1, normalization: str | None = "act"):
         check_arguments(features=features, context_features=context_features, transforms=transforms,
                         hidden_features=hidden_features, coefficient=coefficient, exact_terms=exact_terms,
                         stop_probability=stop_probability, iterations=iterations)
@@ -96,9 +95,8 @@ class IResNet(Flow):
         hidden_features: hidden layer sizes of each g.
         coefficient: spectral-norm bound c < 1 of each linear layer of g.
         terms: number n of power-series terms.
-        iterations: None for exact spectral norms at every step (the bound holds); else
-            power-iteration steps per training step, as in the paper (the bound then holds only
-            approximately while training; evaluation uses exact norms).
+        iterations: power-iteration steps per training step for the gradient of the spectral
+            norms, whose values are exact (None: exact gradients too, slower).
         normalization: "act" (ActNorm), "batch" or None between blocks.
 
     Raises:
@@ -107,7 +105,7 @@ class IResNet(Flow):
 
     def __init__(self, features: int, context_features: int = 0, transforms: int = 8,
                  hidden_features: Sequence[int] = (128, 128), coefficient: float = 0.9, terms: int = 5,
-                 iterations: int | None = None, normalization: str | None = "act"):
+                 iterations: int | None = 1, normalization: str | None = "act"):
         check_arguments(features=features, context_features=context_features, transforms=transforms,
                         hidden_features=hidden_features, coefficient=coefficient, terms=terms, iterations=iterations)
         transform = _residual_chain(features, context_features, transforms, normalization, ELU,

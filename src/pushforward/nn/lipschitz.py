@@ -53,9 +53,13 @@ class LipSwish(nn.Module):
 
     def derivative(self, h: Tensor) -> Tensor:
         """d LipSwish / dh element-wise, shape of h."""
+        return self.value_and_derivative(h)[1]
+
+    def value_and_derivative(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        """LipSwish(h) and its derivative, from one sigmoid."""
         t = F.softplus(self.beta) * h
         s = torch.sigmoid(t)
-        return (s + t * s * (1 - s)) / 1.1
+        return h * s / 1.1, (s + t * s * (1 - s)) / 1.1
 
 
 class ELU(nn.Module):
@@ -74,6 +78,9 @@ class ELU(nn.Module):
     def derivative(self, h: Tensor) -> Tensor:
         return torch.where(h > 0, torch.ones_like(h), torch.exp(torch.clamp(h, max=0)))
 
+    def value_and_derivative(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        return F.elu(h), self.derivative(h)
+
 
 class Tanh(nn.Module):
     r"""tanh(h), 1-Lipschitz (derivative 1 - tanh^2 in (0, 1])."""
@@ -87,6 +94,10 @@ class Tanh(nn.Module):
     def derivative(self, h: Tensor) -> Tensor:
         return 1 - torch.tanh(h).square()
 
+    def value_and_derivative(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        y = torch.tanh(h)
+        return y, 1 - y.square()
+
 
 class SpectralLinear(nn.Module):
     r"""Linear layer whose effective weight has spectral norm at most ``coefficient`` c.
@@ -95,16 +106,19 @@ class SpectralLinear(nn.Module):
     its norm is at most c and scaled down to norm c otherwise (Behrmann et al. 2019, section 3,
     rather than always dividing by sigma as Miyato et al. 2018 do).
 
-    By default (``iterations`` None) sigma is exact in training and evaluation:
-    sigma^2 is the largest eigenvalue of the smaller of W^T W and W W^T (``eigvalsh``,
-    differentiable), so the bound holds to rounding at every step. With ``iterations`` k,
-    training mode instead takes k steps of the power iteration per call, warm-started from the
-    singular vectors u, v of the previous call (persisted as buffers), and sigma_hat = u^T W v
-    (Miyato et al. 2018, algorithm 1; the papers' choice). sigma_hat is a *lower* bound of sigma,
-    so the bound is then not enforced while training: with k = 1 the effective weights of a
-    residual flow trained by Adam reached 1.12 c (lr 1e-3) to 1.27 c (lr 3e-2) in this
-    library's measurements, and c^L < 1 no longer guarantees a contraction. Evaluation mode
-    always uses the exact sigma.
+    sigma is exact in training and evaluation: sigma^2 is the largest eigenvalue of the smaller
+    of W^T W and W W^T (``eigvalsh``), so the bound holds to rounding at every step, never only
+    approximately. (The papers estimate sigma by power iteration instead, a *lower* bound: with
+    one warm-started iteration per step, the effective weights of a residual flow trained by
+    Adam here reached 1.12 c at lr 1e-3 and 1.27 c at lr 3e-2, and c^L < 1 no longer
+    guaranteed a contraction.) What ``iterations`` chooses is the gradient of sigma:
+
+    - None: the exact gradient, through the eigendecomposition (eigenvectors included);
+    - k: dsigma = u^T dW v with the singular vectors u, v from k steps per call of the power
+      iteration, warm-started from the previous call's (persisted as buffers; Miyato et al.
+      2018, algorithm 1), while the value stays exact. It skips the eigenvectors (about half of
+      the eigendecomposition's time for 256 x 256 on a CPU); the gradient is exact once u, v
+      have converged, which the warm start achieves as training goes on.
 
     Shapes: input (*batch, in_features); output (*batch, out_features).
 
@@ -115,8 +129,8 @@ class SpectralLinear(nn.Module):
     Args:
         in_features, out_features: the layer's sizes.
         coefficient: the bound c, 0 < c < 1.
-        iterations: None for the exact norm in training; else power-iteration steps per call
-            in training mode (approximate, see above).
+        iterations: None for the exact gradient of sigma, else the power-iteration steps per call
+            in training mode that give its gradient (the value is exact either way).
 
     Raises:
         ValueError: for a coefficient outside (0, 1) or ``iterations`` below 1.
@@ -138,20 +152,24 @@ class SpectralLinear(nn.Module):
         self.register_buffer("v", F.normalize(torch.randn(in_features), dim=0))
 
     def sigma(self) -> Tensor:
-        """The largest singular value of W: exact, or in training mode with ``iterations`` set,
-        the power iteration's estimate (advancing it)."""
+        """The largest singular value of W, exact; in training mode with ``iterations`` set, its
+        gradient is that of u^T W v (advancing the power iteration)."""
         w = self.weight
+        wide = w.shape[1] > w.shape[0]
         if not self.training or self.iterations is None:
-            gram = w.mT @ w if w.shape[1] <= w.shape[0] else w @ w.mT
+            gram = w @ w.mT if wide else w.mT @ w
             return torch.linalg.eigvalsh(gram)[-1].clamp(min=0).sqrt()
         with torch.no_grad():
+            gram = w @ w.mT if wide else w.mT @ w
+            exact = torch.linalg.eigvalsh(gram)[-1].clamp(min=0).sqrt()
             u, v = self.u, self.v
             for _ in range(self.iterations):
                 v = F.normalize(w.mT @ u, dim=0, eps=1e-12)
                 u = F.normalize(w @ v, dim=0, eps=1e-12)
             self.u.copy_(u)
             self.v.copy_(v)
-        return u @ w @ v
+        estimate = u @ w @ v
+        return exact + (estimate - estimate.detach())
 
     def effective_weight(self) -> Tensor:
         """W / max(1, sigma / c), shape (out_features, in_features)."""
@@ -183,8 +201,8 @@ class LipschitzMLP(nn.Module):
         coefficient: the bound c of each layer's spectral norm, 0 < c < 1.
         activation: LipSwish, ELU or Tanh (a class taking the number of units, with
             ``derivative``).
-        iterations: None for exact spectral norms, else power-iteration steps per call in
-            training mode (:class:`SpectralLinear`).
+        iterations: None for the exact gradient of the spectral norms, else the power-iteration
+            steps per call that give it in training mode (:class:`SpectralLinear`).
 
     Raises:
         ValueError: for a coefficient outside (0, 1).
@@ -199,7 +217,7 @@ class LipschitzMLP(nn.Module):
         self.coefficient = float(coefficient)
 
     def lipschitz_bound(self) -> float:
-        """c^L, a bound of the network's Lipschitz constant (with exact spectral norms)."""
+        """c^L, a bound of the network's Lipschitz constant."""
         return self.coefficient ** len(self.linears)
 
     def effective_weights(self) -> list[Tensor]:
@@ -216,6 +234,33 @@ class LipschitzMLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_with(self.effective_weights(), x)
+
+    def forward_and_slopes(self, weights: Sequence[Tensor], x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """The output at ``x`` and the activations' derivatives phi'(h_i) at each hidden layer,
+        which :meth:`vjp` takes.
+
+        Shapes: x (*batch, in_features); returns (*batch, out_features) and one
+        (*batch, hidden_features[i]) per hidden layer.
+        """
+        slopes = []
+        for i, (layer, w) in enumerate(zip(self.linears, weights)):
+            x = F.linear(x, w, layer.bias)
+            if i < len(self.activations):
+                x, slope = self.activations[i].value_and_derivative(x)
+                slopes.append(slope)
+        return x, slopes
+
+    @staticmethod
+    def vjp(weights: Sequence[Tensor], slopes: Sequence[Tensor], w: Tensor, columns: slice) -> Tensor:
+        r"""w^T J, J the Jacobian with respect to ``x[..., columns]`` at the point where ``slopes``
+        were taken: w^T W_L diag(phi'(h_{L-1})) W_{L-1} ... diag(phi'(h_1)) W_1[:, columns], by
+        matrix products without autograd (differentiable in the weights and slopes).
+
+        Shapes: w (*batch, out_features); returns (*batch, n), n the number of selected columns.
+        """
+        for i in range(len(weights) - 1, 0, -1):
+            w = (w @ weights[i]) * slopes[i - 1]
+        return w @ weights[0][:, columns]
 
     def jacobian(self, weights: Sequence[Tensor], x: Tensor, columns: slice) -> tuple[Tensor, Tensor]:
         """The output at ``x`` and its Jacobian with respect to ``x[..., columns]``.

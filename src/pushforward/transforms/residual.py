@@ -50,12 +50,6 @@ def _rademacher(like: Tensor) -> Tensor:
     return torch.randint(0, 2, like.shape, device=like.device).to(like.dtype) * 2 - 1
 
 
-def _vjp(out: Tensor, inp: Tensor, w: Tensor, create_graph: bool) -> Tensor:
-    """w^T J with J = d out / d inp, row by row of the batch."""
-    (grad,) = torch.autograd.grad(out, inp, w, retain_graph=True, create_graph=create_graph, allow_unused=True)
-    return torch.zeros_like(inp) if grad is None else grad
-
-
 class ResidualBlock(Transform):
     r"""Invertible residual block x = z + g(z, c), g a Lipschitz MLP with Lip(g) <= c^L < 1.
 
@@ -77,8 +71,10 @@ class ResidualBlock(Transform):
     - "roulette": sum_{k=1}^{N} (-1)^{k+1} v^T J^k v / (k P(N >= k)) with N = ``exact_terms`` + M,
       M ~ Geometric(p) on {0, 1, ...}, p = ``stop_probability``, so P(N >= k) =
       (1 - p)^{max(0, k - exact_terms)}; unbiased (Chen et al. 2019, eq. (6)-(7)). N is drawn
-      per example; a batch costs the largest of its N vector-Jacobian products. The variance
-      is finite when Lip(g)^2 < 1 - p. The gradient is the Neumann-series estimate
+      once per call, as in the paper (the examples of a batch share it: each estimate is still
+      unbiased, and a call costs N vector-Jacobian products, exact_terms + (1 - p) / p on
+      average), or with ``terms_per_example`` for each example (independent estimates, at the
+      cost of the batch's largest N). The variance is finite when Lip(g)^2 < 1 - p. The gradient is the Neumann-series estimate
       d/dtheta log det(I + J) = E[(sum_{k=0}^{N} (-1)^k v^T J^k / P(N >= k)) dJ/dtheta v]
       (eq. (8)): the power series runs without a graph, then one vector-Jacobian product of the
       accumulated vector w with a graph gives the surrogate w^T J v, whose gradient is the
@@ -86,8 +82,8 @@ class ResidualBlock(Transform):
 
     The inverse iterates z_{k+1} = x - g(z_k) from z_0 = x without gradients until the bound
     ||z_{k+1} - z*|| <= L / (1 - L) ||z_{k+1} - z_k|| (L = c^L the Lipschitz bound) on the
-    Euclidean error is at most tol * max(1, max_i |z_i|) for every example; with exact spectral
-    norms (the default, and always in evaluation mode) the error is then at most that. The result is differentiable: its
+    Euclidean error is at most tol * max(1, max_i |z_i|) for every example, and the error is
+    then at most that (the spectral norms are exact, so L is a true bound). The result is differentiable: its
     gradient is that of the implicit function theorem, dz = (I + J)^{-1} (dx - dg), whose
     adjoint (I + J)^{-T} u is solved by the same kind of fixed-point iteration in the backward
     pass. The inverse's ladj is minus the forward ladj at the solution.
@@ -108,13 +104,14 @@ class ResidualBlock(Transform):
         eval_estimator: the estimator in evaluation mode (None: "exact" up to 128 features,
             else ``estimator``).
         activation: LipSwish, ELU or Tanh of :mod:`pushforward.nn.lipschitz`.
-        iterations: None (default) for exact spectral norms, so that Lip(g) <= c^L holds at
-            every training step; else power-iteration steps per call in training mode, which
-            only estimate the norms from below (:class:`~pushforward.nn.lipschitz.SpectralLinear`).
-            Evaluation mode always uses exact norms.
+        iterations: None for the exact gradient of the (always exact) spectral norms, else the
+            power-iteration steps per training call that give it
+            (:class:`~pushforward.nn.lipschitz.SpectralLinear`).
         terms: n of "series".
         exact_terms: terms that "roulette" always computes (they reduce its variance).
         stop_probability: p of "roulette"'s geometric number of further terms, 0 < p < 1.
+        terms_per_example: draw "roulette"'s number of terms for each example rather than once
+            per call.
         tol: tolerance of the inverse (default 1e-10 in float64, 1e-5 below).
         max_iter: the largest number of fixed-point iterations of the inverse (and of its
             backward pass).
@@ -129,8 +126,8 @@ class ResidualBlock(Transform):
     def __init__(self, features: int, context_features: int = 0, hidden_features: Sequence[int] = (128, 128),
                  coefficient: float = 0.97, estimator: str = "exact", eval_estimator: str | None = None,
                  activation: type[nn.Module] = LipSwish, iterations: int | None = None, terms: int = 5,
-                 exact_terms: int = 2, stop_probability: float = 0.5, tol: float | None = None,
-                 max_iter: int = 1000):
+                 exact_terms: int = 2, stop_probability: float = 0.5, terms_per_example: bool = False,
+                 tol: float | None = None, max_iter: int = 1000):
         super().__init__()
         _check_estimator("estimator", estimator)
         if eval_estimator is None:
@@ -142,6 +139,7 @@ class ResidualBlock(Transform):
         self.features, self.context_features = features, context_features
         self.estimator, self.eval_estimator = estimator, eval_estimator
         self.terms, self.exact_terms, self.stop_probability = terms, exact_terms, float(stop_probability)
+        self.terms_per_example = terms_per_example
         self.tol, self.max_iter = tol, max_iter
         self.net = LipschitzMLP(context_features + features, features, hidden_features, coefficient, activation,
                                 iterations)
@@ -160,53 +158,48 @@ class ResidualBlock(Transform):
 
     def _forward(self, z: Tensor, context: Tensor | None, weights: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
         """x = z + g(z) and its ladj by the active estimator."""
+        inp = cat_context(z, context, self.context_features, "ResidualBlock")
+        columns = slice(self.context_features, None)
         estimator = self.active_estimator
         if estimator == "exact":
-            inp = cat_context(z, context, self.context_features, "ResidualBlock")
-            gz, jac = self.net.jacobian(weights, inp, slice(self.context_features, None))
+            gz, jac = self.net.jacobian(weights, inp, columns)
             eye = torch.eye(self.features, dtype=z.dtype, device=z.device)
             return z + gz, torch.linalg.slogdet(eye + jac)[1]
-        g = self._g(weights, context)
-        # gradients of the estimate are wanted whenever autograd records this call
-        graph = torch.is_grad_enabled()
-        with torch.enable_grad():  # the estimators need vector-Jacobian products even under no_grad
-            zz = z if z.requires_grad else z.detach().requires_grad_()
-            gz = g(zz)
-            if estimator == "series":
-                ladj = self._series(gz, zz, graph)
-            else:
-                ladj = self._roulette(gz, zz, graph)
-        x = z + gz if graph else (z + gz).detach()
-        return x, ladj if graph else ladj.detach()
+        gz, slopes = self.net.forward_and_slopes(weights, inp)
+        if estimator == "series":
+            return z + gz, self._series(weights, slopes, columns, z)
+        return z + gz, self._roulette(weights, slopes, columns, z)
 
-    def _series(self, gz: Tensor, z: Tensor, graph: bool) -> Tensor:
+    def _series(self, weights: Sequence[Tensor], slopes: list[Tensor], columns: slice, z: Tensor) -> Tensor:
         v = _rademacher(z)
         w, ladj = v, z.new_zeros(z.shape[:-1])
         for k in range(1, self.terms + 1):
-            w = _vjp(gz, z, w, create_graph=graph)
+            w = self.net.vjp(weights, slopes, w, columns)  # w = v^T J^k, with a graph (eq. (8))
             ladj = ladj + (-1) ** (k + 1) / k * (w * v).sum(-1)
         return ladj
 
-    def _roulette(self, gz: Tensor, z: Tensor, graph: bool) -> Tensor:
+    def _roulette(self, weights: Sequence[Tensor], slopes: list[Tensor], columns: slice, z: Tensor) -> Tensor:
         v = _rademacher(z)
         batch = z.shape[:-1]
         # M ~ Geometric(p) on {0, 1, ...} by inversion: P(M >= m) = P(U <= (1 - p)^m) = (1 - p)^m
         log_q = math.log1p(-self.stop_probability)
-        u = torch.rand(batch, dtype=z.dtype, device=z.device).clamp(min=torch.finfo(z.dtype).tiny)
+        draws = batch if self.terms_per_example else ()
+        u = torch.rand(draws, dtype=z.dtype, device=z.device).clamp(min=torch.finfo(z.dtype).tiny)
         n = self.exact_terms + torch.floor(torch.log(u) / log_q)
-        largest = int(n.max()) if n.numel() else 0
+        largest = int(n.max()) if n.numel() and z.numel() else 0
         with torch.no_grad():
+            frozen, frozen_slopes = [w.detach() for w in weights], [s.detach() for s in slopes]
             w, value, neumann = v, z.new_zeros(batch), v.clone()
             for k in range(1, largest + 1):
-                w = _vjp(gz, z, w, create_graph=False)
+                w = self.net.vjp(frozen, frozen_slopes, w, columns)
                 # 1[k <= N] / P(N >= k), eq. (6)
                 weight = (k <= n).to(z.dtype) * math.exp(-max(0, k - self.exact_terms) * log_q)
                 value = value + (-1) ** (k + 1) / k * weight * (w * v).sum(-1)
                 neumann = neumann + (-1) ** k * weight.unsqueeze(-1) * w
-        if not graph:
+        if not torch.is_grad_enabled():
             return value
         # eq. (8): the gradient of w^T J v with w fixed is the Neumann estimate of the gradient
-        surrogate = (_vjp(gz, z, neumann, create_graph=True) * v).sum(-1)
+        surrogate = (self.net.vjp(weights, slopes, neumann, columns) * v).sum(-1)
         return value + surrogate - surrogate.detach()
 
     def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -255,12 +248,12 @@ class ResidualBlock(Transform):
         """
 
         def hook(u: Tensor) -> Tensor:
-            with torch.enable_grad():
-                zz = solution.detach().requires_grad_()
-                gz = self._g(weights, context)(zz)
-                step = lambda lam: u - _vjp(gz, zz, lam, create_graph=False)  # noqa: E731
-                with torch.no_grad():
-                    return self._fixed_point(step, u, "the inverse's backward pass")
+            with torch.no_grad():
+                inp = cat_context(solution, context, self.context_features, "ResidualBlock")
+                slopes = self.net.forward_and_slopes(weights, inp)[1]
+                columns = slice(self.context_features, None)
+                return self._fixed_point(lambda lam: u - self.net.vjp(weights, slopes, lam, columns), u,
+                                         "the inverse's backward pass")
 
         return hook
 
