@@ -44,7 +44,7 @@ class ResidualFlow(Flow):
     Shapes: x (*batch, features); context (*batch, context_features); log_prob (*batch,) nats.
 
     Reference: Chen, Behrmann, Duvenaud & Jacobsen. Residual flows for invertible generative
-    modeling. NeurIPS 2019, eq. (6)-(8), section 4 (LipSwish, ActNorm). arXiv:1906.02735.
+    modeling. NeurIPS 2019, eq. (6)-(8), section 3.3 (LipSwish). arXiv:1906.02735.
 
     Args:
         features: data dimension D.
@@ -86,7 +86,7 @@ class IResNet(Flow):
     Shapes: x (*batch, features); context (*batch, context_features); log_prob (*batch,) nats.
 
     Reference: Behrmann, Grathwohl, Chen, Duvenaud & Jacobsen. Invertible residual networks.
-    ICML 2019, eq. (7)-(8), algorithm 1-2. arXiv:1811.00995.
+    ICML 2019, section 3, algorithms 1-2. arXiv:1811.00995.
 
     Args:
         features: data dimension D.

@@ -36,7 +36,7 @@ class LipSwish(nn.Module):
     Shapes: h (*batch, features) -> (*batch, features).
 
     Reference: Chen, Behrmann, Duvenaud & Jacobsen. Residual flows for invertible generative
-    modeling. NeurIPS 2019, section 4 (after Ramachandran et al. 2017, Swish).
+    modeling. NeurIPS 2019, section 3.3 (after Ramachandran et al. 2017, Swish).
 
     Args:
         features: number of units.
@@ -65,7 +65,7 @@ class LipSwish(nn.Module):
 class ELU(nn.Module):
     r"""ELU(h) = h for h > 0, exp(h) - 1 otherwise; 1-Lipschitz (derivative 1 or exp(h) <= 1).
 
-    Reference: Behrmann et al. Invertible residual networks. ICML 2019, section 5 (ELU in the
+    Reference: Behrmann et al. Invertible residual networks. ICML 2019 (ELU in its
     density-estimation experiments).
     """
 
@@ -103,7 +103,7 @@ class SpectralLinear(nn.Module):
     r"""Linear layer whose effective weight has spectral norm at most ``coefficient`` c.
 
     W_eff = W / max(1, sigma / c), with sigma the largest singular value of W: W is kept where
-    its norm is at most c and scaled down to norm c otherwise (Behrmann et al. 2019, section 3,
+    its norm is at most c and scaled down to norm c otherwise (Behrmann et al. 2019, section 2,
     rather than always dividing by sigma as Miyato et al. 2018 do).
 
     sigma is exact in training and evaluation: sigma^2 is the largest eigenvalue of the smaller
@@ -124,7 +124,7 @@ class SpectralLinear(nn.Module):
 
     Reference: Miyato, Kataoka, Koyama & Yoshida. Spectral normalization for generative
     adversarial networks. ICLR 2018, algorithm 1; Behrmann, Grathwohl, Chen, Duvenaud &
-    Jacobsen. Invertible residual networks. ICML 2019, section 3 and algorithm 1 (the bound c).
+    Jacobsen. Invertible residual networks. ICML 2019, section 2 and algorithm 2 (the bound c).
 
     Args:
         in_features, out_features: the layer's sizes.

@@ -66,7 +66,7 @@ class ResidualBlock(Transform):
 
     - "exact": slogdet(I + J_g) with J_g in closed form;
     - "series": sum_{k=1}^{n} (-1)^{k+1} v^T J^k v / k, n = ``terms`` (Behrmann et al. 2019,
-      eq. (7)-(8)); its expectation is the series truncated after n terms, so it is biased by
+      section 3 and algorithm 2); its expectation is the series truncated after n terms, so it is biased by
       at most sum_{k>n} D Lip(g)^k / k; gradients by backpropagating through all n terms;
     - "roulette": sum_{k=1}^{N} (-1)^{k+1} v^T J^k v / (k P(N >= k)) with N = ``exact_terms`` + M,
       M ~ Geometric(p) on {0, 1, ...}, p = ``stop_probability``, so P(N >= k) =
@@ -74,8 +74,8 @@ class ResidualBlock(Transform):
       once per call, as in the paper (the examples of a batch share it: each estimate is still
       unbiased, and a call costs N vector-Jacobian products, exact_terms + (1 - p) / p on
       average), or with ``terms_per_example`` for each example (independent estimates, at the
-      cost of the batch's largest N). The variance is finite when Lip(g)^2 < 1 - p. The gradient is the Neumann-series estimate
-      d/dtheta log det(I + J) = E[(sum_{k=0}^{N} (-1)^k v^T J^k / P(N >= k)) dJ/dtheta v]
+      cost of the batch's largest N). The variance is finite when Lip(g)^2 < 1 - p. The
+      gradient is the Neumann-series estimate d/dtheta log det(I + J) = E[(sum_{k=0}^{N} (-1)^k v^T J^k / P(N >= k)) dJ/dtheta v]
       (eq. (8)): the power series runs without a graph, then one vector-Jacobian product of the
       accumulated vector w with a graph gives the surrogate w^T J v, whose gradient is the
       estimate; ladj = value + surrogate - surrogate.detach(). Memory does not grow with N.
@@ -83,17 +83,19 @@ class ResidualBlock(Transform):
     The inverse iterates z_{k+1} = x - g(z_k) from z_0 = x without gradients until the bound
     ||z_{k+1} - z*|| <= L / (1 - L) ||z_{k+1} - z_k|| (L = c^L the Lipschitz bound) on the
     Euclidean error is at most tol * max(1, max_i |z_i|) for every example, and the error is
-    then at most that (the spectral norms are exact, so L is a true bound). The result is differentiable: its
-    gradient is that of the implicit function theorem, dz = (I + J)^{-1} (dx - dg), whose
-    adjoint (I + J)^{-T} u is solved by the same kind of fixed-point iteration in the backward
-    pass. The inverse's ladj is minus the forward ladj at the solution.
+    then at most that (the spectral norms are exact, so L is a true bound). The result is
+    differentiable: its gradient is that of the implicit function theorem,
+    dz = (I + J)^{-1} (dx - dg), whose adjoint (I + J)^{-T} u is solved by the same kind of
+    fixed-point iteration in the backward pass. The inverse's ladj is minus the forward ladj at
+    the solution.
 
     Shapes: z, x (*batch, features); context (*batch, context_features); ladj (*batch,).
 
     Reference: Behrmann, Grathwohl, Chen, Duvenaud & Jacobsen. Invertible residual networks.
-    ICML 2019, theorem 1, algorithm 1 (inverse), eq. (7)-(8) (series). arXiv:1811.00995.
+    ICML 2019, theorem 1, algorithm 1 (inverse), section 3 and algorithm 2 (series).
+    arXiv:1811.00995.
     Chen, Behrmann, Duvenaud & Jacobsen. Residual flows for invertible generative modeling.
-    NeurIPS 2019, eq. (6)-(8), section 4 (LipSwish). arXiv:1906.02735.
+    NeurIPS 2019, eq. (6)-(8), section 3.3 (LipSwish). arXiv:1906.02735.
 
     Args:
         features: number of features D.
@@ -174,7 +176,7 @@ class ResidualBlock(Transform):
         v = _rademacher(z)
         w, ladj = v, z.new_zeros(z.shape[:-1])
         for k in range(1, self.terms + 1):
-            w = self.net.vjp(weights, slopes, w, columns)  # w = v^T J^k, with a graph (eq. (8))
+            w = self.net.vjp(weights, slopes, w, columns)  # w = v^T J^k, with a graph
             ladj = ladj + (-1) ** (k + 1) / k * (w * v).sum(-1)
         return ladj
 
