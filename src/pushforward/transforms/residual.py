@@ -75,7 +75,8 @@ class ResidualBlock(Transform):
       unbiased, and a call costs N vector-Jacobian products, exact_terms + (1 - p) / p on
       average), or with ``terms_per_example`` for each example (independent estimates, at the
       cost of the batch's largest N). The variance is finite when Lip(g)^2 < 1 - p. The
-      gradient is the Neumann-series estimate d/dtheta log det(I + J) = E[(sum_{k=0}^{N} (-1)^k v^T J^k / P(N >= k)) dJ/dtheta v]
+      gradient is the Neumann-series estimate
+      d/dtheta log det(I + J) = E[(sum_{k=0}^{N} (-1)^k v^T J^k / P(N >= k)) dJ/dtheta v]
       (eq. (8)): the power series runs without a graph, then one vector-Jacobian product of the
       accumulated vector w with a graph gives the surrogate w^T J v, whose gradient is the
       estimate; ladj = value + surrogate - surrogate.detach(). Memory does not grow with N.
