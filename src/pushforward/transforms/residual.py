@@ -84,7 +84,9 @@ class ResidualBlock(Transform):
     The inverse iterates z_{k+1} = x - g(z_k) from z_0 = x without gradients until the bound
     ||z_{k+1} - z*|| <= L / (1 - L) ||z_{k+1} - z_k|| (L = c^L the Lipschitz bound) on the
     Euclidean error is at most tol * max(1, max_i |z_i|) for every example, and the error is
-    then at most that (the spectral norms are exact, so L is a true bound). The result is
+    then at most that (the spectral norms are exact, so L is a true bound); where rounding stops
+    the progress for 10 iterations with the bound below sqrt(tol) * max(1, max_i |z_i|), that is
+    as accurate as the dtype allows and is accepted too (float32, large D). The result is
     differentiable: its gradient is that of the implicit function theorem,
     dz = (I + J)^{-1} (dx - dg), whose adjoint (I + J)^{-T} u is solved by the same kind of
     fixed-point iteration in the backward pass. The inverse's ladj is minus the forward ladj at
@@ -217,14 +219,20 @@ class ResidualBlock(Transform):
         tol = default_tolerance(start.dtype) if self.tol is None else self.tol
         lip = self.net.lipschitz_bound()
         factor = lip / (1 - lip)
-        z = start
+        z, best, stalled = start, math.inf, 0
         for _ in range(self.max_iter):
             new = step(z)
             change = torch.linalg.vector_norm(new - z, dim=-1)
             z = new
             if not bool(torch.isfinite(change).all()):
                 raise ConvergenceError(f"ResidualBlock: {what} has non-finite iterates")
-            if bool((factor * change <= tol * z.abs().amax(-1).clamp(min=1)).all()):
+            # the error bound in units of the tolerance, for the worst example
+            worst = float((factor * change / (tol * z.abs().amax(-1).clamp(min=1))).max()) if z.numel() else 0.0
+            if worst <= 1:
+                return z
+            # rounding floor: no progress for 10 iterations within sqrt(tol), as in newton()
+            best, stalled = (worst, 0) if worst < 0.99 * best else (best, stalled + 1)
+            if stalled >= 10 and worst * tol <= math.sqrt(tol):
                 return z
         raise ConvergenceError(f"ResidualBlock: {what} did not reach tolerance {tol:g} in {self.max_iter} "
                                f"iterations (Lipschitz bound {lip:.4g})")
