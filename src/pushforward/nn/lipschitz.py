@@ -200,7 +200,7 @@ class LipschitzMLP(nn.Module):
         hidden_features: sizes of the hidden layers.
         coefficient: the bound c of each layer's spectral norm, 0 < c < 1.
         activation: LipSwish, ELU or Tanh (a class taking the number of units, with
-            ``derivative``).
+            ``derivative`` and ``value_and_derivative``).
         iterations: None for the exact gradient of the spectral norms, else the power-iteration
             steps per call that give it in training mode (:class:`SpectralLinear`).
 
