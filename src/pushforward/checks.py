@@ -23,12 +23,13 @@ __all__ = ["Range", "RANGES", "check_arguments", "memory_bytes", "check_memory",
 @dataclass(frozen=True)
 class Range:
     """The accepted values of a numeric argument: an integer or a finite float, bounded below by
-    ``low`` (excluded when ``low_open``) and above by ``high`` (included)."""
+    ``low`` (excluded when ``low_open``) and above by ``high`` (excluded when ``high_open``)."""
 
     low: float | None = None
     low_open: bool = False
     high: float | None = None
     integer: bool = False
+    high_open: bool = False
 
     def describe(self, plural: bool = False) -> str:
         """The range in words, e.g. "an integer >= 1" or "a finite number > 0" ("integers >= 1"
@@ -38,7 +39,7 @@ class Range:
         if self.low is not None:
             text += f" {'>' if self.low_open else '>='} {self.low:g}"
         if self.high is not None:
-            text += f"{' and' if self.low is not None else ''} <= {self.high:g}"
+            text += f"{' and' if self.low is not None else ''} {'<' if self.high_open else '<='} {self.high:g}"
         return text
 
     def contains(self, value: object) -> bool:
@@ -51,7 +52,7 @@ class Range:
             return False
         if self.low is not None and (value <= self.low if self.low_open else value < self.low):
             return False
-        return self.high is None or value <= self.high
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
 
     def check(self, name: str, value: object) -> None:
         """Raise ValueError("NAME must be RANGE, got VALUE") unless ``value`` is in the range."""
@@ -68,12 +69,16 @@ RANGES: dict[str, Range] = {
     **dict.fromkeys(["features", "transforms", "hidden_features", "bins", "units", "layers", "embedding",
                      "integrand_features", "nodes", "degree", "polynomials", "columns", "reflections", "latent",
                      "prior_transforms", "epochs", "steps", "samples", "batch_size", "patience", "threads", "nproc",
-                     "dim", "count", "iw_samples", "test_examples", "levels", "hidden_channels"], _SIZE),
-    **dict.fromkeys(["context_features", "anneal_steps", "seed", "blocks"], _COUNT),
+                     "dim", "count", "iw_samples", "test_examples", "levels", "hidden_channels",
+                     "iterations", "terms"], _SIZE),
+    **dict.fromkeys(["context_features", "anneal_steps", "seed", "blocks", "exact_terms"], _COUNT),
     "log_z_samples": Range(2, integer=True),
     **dict.fromkeys(["lr", "clip_grad", "max_minutes", "temperature"], _POSITIVE),
     **dict.fromkeys(["weight_decay", "warmup"], _NON_NEGATIVE),
     "beta0": Range(0, low_open=True, high=1),
+    # residual flows: a Lipschitz bound c < 1 (c = 1 is no contraction), a stopping probability < 1
+    # (1 would never draw the Russian roulette's further terms and bias it)
+    **dict.fromkeys(["coefficient", "stop_probability"], Range(0, low_open=True, high=1, high_open=True)),
 }
 
 

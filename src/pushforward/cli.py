@@ -56,6 +56,8 @@ def _emit(metrics: dict, as_json: bool) -> None:
             f"± {metrics['stderr_nats']:.4f} nats ({metrics['space']} space, n={metrics['n_examples']})")
     if metrics.get("bits_per_dim") is not None:
         line += f"; {metrics['bits_per_dim']:.4f} bits/dim"
+    if metrics.get("log_det"):
+        line += f" (log-det: {metrics['log_det']})"
     if metrics.get("scored"):
         line += f" [{metrics['scored']}]"
     click.echo(line)

@@ -27,6 +27,7 @@ from .flows import IMAGE_PRESETS, PRESETS
 from .train import Evaluation, atomic_write, log_likelihoods, save_atomic
 from .transforms.elementwise import Affine
 from .transforms.linear import LowerTriangular
+from .transforms.residual import log_det_estimators
 
 __all__ = ["build_flow", "gaussian_baseline", "standardisation", "Metrics", "measure", "measure_rows", "save_run", "load_run", "write_json"]
 
@@ -91,7 +92,9 @@ class Metrics:
     ``log_likelihood_nats`` and ``stderr_nats`` are in the data set's reference space
     (``space``: logit space for MNIST as MAF reports, the normalised space for the MAF tabular
     sets); ``data_log_likelihood_nats`` in the original data space and ``bits_per_dim`` of
-    the [0, levels)^D space of dequantised data, where they apply.
+    the [0, levels)^D space of dequantised data, where they apply. ``log_det`` names the
+    log-det estimators of the flow's residual blocks in evaluation mode ("exact", or a
+    stochastic one for large D), None for flows whose ladj is in closed form.
     """
 
     log_likelihood_nats: float
@@ -102,6 +105,7 @@ class Metrics:
     data_stderr_nats: float | None = None
     bits_per_dim: float | None = None
     bits_per_dim_stderr: float | None = None
+    log_det: str | None = None
 
 
 def measure(flow: Flow, data: DataSet, split: str = "test", batch_size: int = 1000) -> Metrics:
@@ -135,7 +139,7 @@ def measure_rows(flow: Flow, rows: Tensor, space: str = "data", to_data=None, le
     """
     ll = log_likelihoods(flow, rows, batch_size)
     ref = Evaluation.of(ll)
-    m = Metrics(ref.mean, ref.stderr, ref.n, space)
+    m = Metrics(ref.mean, ref.stderr, ref.n, space, log_det=", ".join(log_det_estimators(flow, training=False)) or None)
     if to_data is not None or levels:
         if to_data is not None:
             with torch.no_grad():

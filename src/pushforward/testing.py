@@ -31,6 +31,8 @@ from .transforms.elementwise import AdditiveMap, Affine, AffineMap, Elementwise,
 from .transforms.linear import LowerTriangular, Permutation
 from .transforms.linear import ConvexCombinationTriangular, Dense, Householder, LU, QR, UpperTriangular
 from .transforms.planar_radial import Planar, Radial
+from .transforms.residual import ResidualBlock
+from .nn.lipschitz import ELU as LipschitzELU, Tanh as LipschitzTanh
 from .transforms.sylvester import HouseholderBasis, OrthogonalBasis, PermutationBasis, Sylvester
 from .transforms.neural import BlockNeuralAutoregressive, DeepSigmoidMap, UMNNMap
 from .transforms.normalization import ActNorm, BatchNorm
@@ -101,6 +103,11 @@ def _vector_examples() -> Iterator[tuple[str, Callable[[int], Transform], bool]]
     yield "sylvester-orthogonal", lambda c: Sylvester(d, c, OrthogonalBasis(3)), True
     yield "sylvester-householder", lambda c: Sylvester(d, c, HouseholderBasis(2)), True
     yield "sylvester-triangular", lambda c: Sylvester(d, c, PermutationBasis(reverse=True)), True
+    # exact log-det and exact spectral norms in both modes, so that training and evaluation agree
+    yield "residual-lipswish", lambda c: ResidualBlock(d, c, (8, 8), 0.9, iterations=None), True
+    yield "residual-elu", lambda c: ResidualBlock(d, c, (8,), 0.97, activation=LipschitzELU, iterations=None), True
+    yield "residual-tanh-data-to-base", lambda c: Inverse(ResidualBlock(d, c, (8,), 0.8, activation=LipschitzTanh,
+                                                                        iterations=None)), True
     yield "normalization-actnorm", lambda c: ActNorm(d), False
     yield "normalization-batchnorm", lambda c: BatchNorm(d), False
     yield "coupling-affine", lambda c: Coupling(half, AffineMap(), c, (8,)), True

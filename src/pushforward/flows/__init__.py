@@ -16,10 +16,11 @@ from .neural import BNAF, NAF, NICE, UMNN
 from .linear import HouseholderFlow, LUFlow
 from .planar import PlanarFlow, RadialFlow, SylvesterFlow
 from .polynomial import BernsteinFlow, SOSFlow
+from .residual import IResNet, ResidualFlow
 
 __all__ = ["MAF", "IAF", "RealNVP", "NSF", "NICE", "NAF", "BNAF", "UMNN",
            "PlanarFlow", "RadialFlow", "SylvesterFlow", "HouseholderFlow", "LUFlow", "PRESETS", "preset_options", "stack",
-           "SOSFlow", "BernsteinFlow", "Glow", "RealNVPImage", "IMAGE_PRESETS"]
+           "SOSFlow", "BernsteinFlow", "Glow", "RealNVPImage", "IMAGE_PRESETS", "ResidualFlow", "IResNet"]
 
 PRESETS: dict[str, type[Flow]] = {
     "maf": MAF, "iaf": IAF, "realnvp": RealNVP, "nsf": NSF,
@@ -27,6 +28,7 @@ PRESETS: dict[str, type[Flow]] = {
     "planar": PlanarFlow, "radial": RadialFlow, "sylvester": SylvesterFlow, "householder": HouseholderFlow,
     "lu": LUFlow,
     "sos": SOSFlow, "bernstein": BernsteinFlow,
+    "residual": ResidualFlow, "iresnet": IResNet,
 }
 IMAGE_PRESETS: dict[str, type[Flow]] = {"glow": Glow, "realnvp-image": RealNVPImage}
 

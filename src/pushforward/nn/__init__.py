@@ -4,5 +4,7 @@ from .convnet import ConvNet, cat_context_channels
 from .made import MADE, MaskedLinear, SigmoidTanh
 from .mlp import MLP, cat_context
 from .parameters import ContextParameters
+from .lipschitz import LipschitzMLP, LipSwish, SpectralLinear
 
-__all__ = ["MADE", "MaskedLinear", "MLP", "cat_context", "ContextParameters", "ConvNet", "cat_context_channels", "SigmoidTanh"]
+__all__ = ["MADE", "MaskedLinear", "MLP", "cat_context", "ContextParameters", "ConvNet", "cat_context_channels", "SigmoidTanh", "LipschitzMLP", "LipSwish",
+           "SpectralLinear"]

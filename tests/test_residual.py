@@ -1,0 +1,272 @@
+"""Residual flows: the stochastic log-det estimators against the exact one, spectral norms, errors.
+
+The blocks' contract (round trips, exact ladj against autograd, shapes, float32) is the
+registry's (``residual-*`` in tests/test_transforms.py); here the family's own properties.
+Each stochastic check averages many independent draws, vectorised over a batch of copies of
+one input, and allows 4 standard errors of the mean.
+"""
+
+import math
+
+import pytest
+import torch
+
+import pushforward as pf
+from pushforward.nn.lipschitz import ELU, SpectralLinear
+from pushforward.transforms import ConvergenceError, ResidualBlock, log_det_estimators
+
+DRAWS = 2000
+
+
+def block(features=3, hidden=(16,), bound=0.9, **kwargs) -> ResidualBlock:
+    """A block in float64 whose layers all sit at the spectral bound, so Lip(g) is close to
+    ``bound`` = c^L (the weights are scaled up until normalisation caps each at c)."""
+    layers = len(hidden) + 1
+    t = ResidualBlock(features, hidden_features=hidden, coefficient=bound ** (1 / layers), iterations=None,
+                      activation=ELU, **kwargs).double()
+    with torch.no_grad():
+        for layer in t.net.linears:
+            layer.weight.mul_(10)
+    return t
+
+
+def exact_ladj(t: ResidualBlock, z: torch.Tensor) -> torch.Tensor:
+    weights = t.net.effective_weights()
+    jac = t.net.jacobian(weights, z, slice(0, None))[1]
+    return torch.linalg.slogdet(torch.eye(z.shape[-1], dtype=z.dtype) + jac)[1]
+
+
+def mean_and_stderr(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return values.mean(0), values.std(0) / math.sqrt(len(values))
+
+
+def copies(z: torch.Tensor) -> torch.Tensor:
+    return z.expand(DRAWS, -1).clone()
+
+
+# --- the estimators ------------------------------------------------------------------------
+
+def symmetric_linear_block(**kwargs) -> ResidualBlock:
+    """g(z) = W z + b with eigenvalues 0.9, -0.9 and 0.5: ||J|| = spectral radius = 0.9, the
+    slowest series of a block with Lip(g) = 0.9."""
+    t = block(hidden=(), **kwargs)
+    q = torch.linalg.qr(torch.randn(3, 3, dtype=torch.float64))[0]
+    with torch.no_grad():
+        t.net.linears[0].weight.copy_(q @ torch.diag(torch.tensor([0.9, -0.9, 0.5], dtype=torch.float64)) @ q.T)
+    return t
+
+
+@pytest.mark.parametrize("hidden, bound, p", [((), 0.9, 0.15), ("symmetric", 0.9, 0.15), ((16,), 0.9, 0.15),
+                                              ((16, 16), 0.5, 0.5)],
+                         ids=["linear-0.9", "linear-symmetric-0.9", "mlp-0.9", "mlp-0.5-default-p"])
+def test_russian_roulette_is_unbiased(hidden, bound, p):
+    options = dict(estimator="roulette", eval_estimator="roulette", stop_probability=p, terms_per_example=True)
+    t = symmetric_linear_block(**options) if hidden == "symmetric" else block(hidden=hidden, bound=bound, **options)
+    t.eval()
+    z = torch.randn(1, 3, dtype=torch.float64)
+    jac = t.net.jacobian(t.net.effective_weights(), z, slice(0, None))[1][0]
+    assert torch.linalg.matrix_norm(jac, 2) <= bound + 1e-9
+    with torch.no_grad():
+        ladj = t(copies(z))[1]
+    mean, stderr = mean_and_stderr(ladj)
+    exact = exact_ladj(t, z)[0]
+    assert abs(mean - exact) < 4 * stderr, (float(mean), float(exact), float(stderr))
+
+
+def test_russian_roulette_with_one_draw_per_call_is_unbiased():
+    """The default: the examples of a call share N; the call means are the independent draws."""
+    t = symmetric_linear_block(estimator="roulette", eval_estimator="roulette", stop_probability=0.15).eval()
+    z = torch.randn(1, 3, dtype=torch.float64)
+    with torch.no_grad():
+        ladj = torch.stack([t(z.expand(4, -1))[1].mean() for _ in range(400)])
+    mean, stderr = mean_and_stderr(ladj)
+    assert abs(mean - exact_ladj(t, z)[0]) < 4 * stderr
+
+
+def test_series_is_unbiased_for_its_truncation_and_its_bias_shrinks_with_n():
+    t = block(bound=0.9).eval()
+    z = torch.randn(1, 3, dtype=torch.float64)
+    with torch.no_grad():
+        jac = t.net.jacobian(t.net.effective_weights(), z, slice(0, None))[1][0]
+        exact = exact_ladj(t, z)[0]
+    power, truncated = torch.eye(3, dtype=torch.float64), []
+    for k in range(1, 13):
+        power = power @ jac
+        truncated.append((truncated[-1] if truncated else 0) + (-1) ** (k + 1) * torch.trace(power) / k)
+    bias = [abs(float(s - exact)) for s in truncated]
+    for n in range(1, 12):  # the tail bound sum_{k > n} D L^k / k with L = 0.9
+        assert bias[n - 1] <= 3 * 0.9 ** (n + 1) / ((n + 1) * (1 - 0.9)) + 1e-12
+    assert bias[11] < bias[0] / 5 and bias[7] < bias[1]
+    for n in (1, 4, 10):
+        t.eval_estimator, t.terms = "series", n
+        with torch.no_grad():
+            mean, stderr = mean_and_stderr(t(copies(z))[1])
+        assert abs(mean - truncated[n - 1]) < 4 * stderr, (n, float(mean), float(truncated[n - 1]))
+
+
+def test_neumann_gradient_matches_autograd_of_the_exact_log_det():
+    t = block(hidden=(8,), bound=0.9, estimator="roulette", stop_probability=0.15, terms_per_example=True).train()
+    z = torch.randn(1, 3, dtype=torch.float64)
+    params = [t.net.linears[0].bias, t.net.linears[1].weight]
+    # exact: autograd of slogdet(I + J) with respect to z and the parameters
+    t.estimator = "exact"
+    zz = z.clone().requires_grad_()
+    exact = torch.autograd.grad(t(zz)[1].sum(), [zz, *params])
+    t.estimator = "roulette"
+    # d/dz: one estimate per copy
+    zs = copies(z).requires_grad_()
+    (grad_z,) = torch.autograd.grad(t(zs)[1].sum(), zs)
+    mean, stderr = mean_and_stderr(grad_z)
+    assert (abs(mean - exact[0][0]) < 4 * stderr).all(), (mean, exact[0][0], stderr)
+    # d/dtheta: one estimate per group of copies
+    groups = [torch.autograd.grad(t(copies(z)[:50])[1].mean(), params) for _ in range(40)]
+    for i, reference in enumerate(exact[1:]):
+        mean, stderr = mean_and_stderr(torch.stack([g[i] for g in groups]))
+        assert (abs(mean - reference) < 4 * stderr + 1e-12).all(), (i, mean, reference, stderr)
+
+
+def test_roulette_memory_does_not_keep_the_terms_graphs():
+    """The value is computed without a graph: its autograd graph has the size of one vector-Jacobian
+    product whatever the number of terms (checked through the saved tensors' count)."""
+    sizes = []
+    for p in (0.9, 0.05):  # about 2 and about 60 terms
+        t = block(estimator="roulette", stop_probability=p, terms_per_example=True).train()
+        z = torch.randn(200, 3, dtype=torch.float64, requires_grad=True)
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda x: saved.append(x.numel()) or x, lambda x: x):
+            t(z)[1].sum()
+        sizes.append(sum(saved))
+    assert sizes[1] <= sizes[0] * 1.01
+
+
+# --- the inverse ---------------------------------------------------------------------------
+
+def test_inverse_gradients_are_those_of_the_implicit_function():
+    t = block(hidden=(8,), bound=0.9).train()
+    x, r = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    weight = t.net.linears[0].weight
+
+    def loss() -> torch.Tensor:
+        z, ladj = t.inverse(x)
+        return (z * r).sum() + ladj.sum()
+
+    (grad,) = torch.autograd.grad(loss(), weight)
+    eps = 1e-6
+    for index in [(0, 0), (3, 2), (7, 1)]:
+        with torch.no_grad():
+            weight[index] += eps
+            up = loss()
+            weight[index] -= 2 * eps
+            down = loss()
+            weight[index] += eps
+        assert float(grad[index]) == pytest.approx(float((up - down) / (2 * eps)), rel=1e-5, abs=1e-7)
+
+
+def test_inverse_that_does_not_converge_raises():
+    t = block(max_iter=2).eval()
+    with pytest.raises(ConvergenceError, match=r"in 2 iterations") as error:
+        t.inverse(torch.randn(5, 3, dtype=torch.float64))
+    assert "\n" not in str(error.value)
+    with pytest.raises(ConvergenceError, match="non-finite"):
+        block().inverse(torch.full((2, 3), math.nan, dtype=torch.float64))
+
+
+# --- spectral normalisation ----------------------------------------------------------------
+
+def train_steps(flow: pf.Flow, steps: int = 30, lr: float = 3e-2) -> None:
+    optimizer = torch.optim.Adam(flow.parameters(), lr=lr)
+    data = 3 * torch.randn(256, 3) ** 3
+    for _ in range(steps):
+        loss = -flow.log_prob(data).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+def spectral_norms(flow: pf.Flow) -> tuple[list[float], list[float]]:
+    """The largest singular values of the raw and of the effective weights, by torch.linalg."""
+    layers = [m for m in flow.modules() if isinstance(m, SpectralLinear)]
+    with torch.no_grad():
+        raw = [float(torch.linalg.matrix_norm(m.weight, 2)) for m in layers]
+        effective = [float(torch.linalg.matrix_norm(m.effective_weight(), 2)) for m in layers]
+    return raw, effective
+
+
+@pytest.mark.parametrize("iterations", [None, 1])
+def test_spectral_norm_is_at_most_c_after_training(iterations):
+    c = 0.9
+    flow = pf.ResidualFlow(3, transforms=2, hidden_features=(16, 16), coefficient=c, iterations=iterations)
+    train_steps(flow)
+    raw, effective = spectral_norms(flow.train())
+    assert max(raw) > 1.5 * c  # the cap bites
+    assert max(effective) <= c * (1 + 1e-5)
+    assert max(spectral_norms(flow.eval())[1]) <= c * (1 + 1e-5)
+
+
+def test_power_iteration_gradient_of_the_norm_converges_to_the_exact_one():
+    layer = SpectralLinear(6, 5, 0.5, iterations=1).double()
+    exact = torch.autograd.grad(layer.eval().sigma(), layer.weight)[0]
+    layer.train()
+    first = torch.autograd.grad(layer.sigma(), layer.weight)[0]
+    for _ in range(200):
+        estimate = layer.sigma()
+    torch.testing.assert_close(estimate, torch.linalg.matrix_norm(layer.weight, 2))
+    torch.testing.assert_close(torch.autograd.grad(estimate, layer.weight)[0], exact)
+    assert not torch.allclose(first, exact, atol=1e-3)
+
+
+def test_residual_map_is_a_contraction():
+    t = block(hidden=(16, 16), bound=0.9).eval()
+    a, b = torch.randn(500, 3, dtype=torch.float64), torch.randn(500, 3, dtype=torch.float64)
+    g = t.net.forward
+    ratio = torch.linalg.vector_norm(g(a) - g(b), dim=-1) / torch.linalg.vector_norm(a - b, dim=-1)
+    assert float(ratio.detach().max()) <= 0.9 + 1e-12
+
+
+# --- arguments and the estimator rule ------------------------------------------------------
+
+@pytest.mark.parametrize("c", [1.0, 1.5, 0.0, -0.5, math.nan])
+def test_coefficient_outside_zero_one_is_a_one_line_error(c):
+    for make in (lambda: ResidualBlock(3, coefficient=c), lambda: pf.ResidualFlow(3, coefficient=c),
+                 lambda: pf.IResNet(3, coefficient=c)):
+        with pytest.raises(ValueError, match=r"coefficient must be a finite number > 0 and < 1") as error:
+            make()
+        assert "\n" not in str(error.value)
+
+
+def test_unknown_estimator_is_a_one_line_error():
+    with pytest.raises(ValueError, match=r"unknown estimator 'hutchinson'; choose exact, series, roulette"):
+        ResidualBlock(3, estimator="hutchinson")
+    with pytest.raises(ValueError, match="unknown eval_estimator"):
+        ResidualBlock(3, eval_estimator="brute")
+    with pytest.raises(ValueError, match="stop_probability"):
+        ResidualBlock(3, stop_probability=1.0)
+
+
+def test_which_estimator_each_mode_uses():
+    flow = pf.ResidualFlow(3, transforms=2, hidden_features=(8,))
+    assert log_det_estimators(flow.train()) == ["roulette"]
+    assert log_det_estimators(flow.eval()) == ["exact"]
+    flow = pf.IResNet(3, transforms=2, hidden_features=(8,))
+    assert log_det_estimators(flow.train()) == ["series"]
+    assert log_det_estimators(flow.eval()) == ["exact"]
+    assert log_det_estimators(pf.IResNet(200, transforms=1, hidden_features=(8,)).eval()) == ["series"]
+    assert log_det_estimators(pf.MAF(3)) == []
+
+
+def test_presets_sample_and_score_their_samples():
+    for flow in (pf.ResidualFlow(3, 2, transforms=2, hidden_features=(16,)),
+                 pf.IResNet(3, 2, transforms=2, hidden_features=(16,))):
+        flow = pf.testing.perturb(flow.double(), scale=0.1).eval()
+        context = torch.randn(6, 2, dtype=torch.float64)
+        x, log_p = flow.sample_and_log_prob((), context)
+        torch.testing.assert_close(flow.log_prob(x, context), log_p)
+
+
+def test_reported_metrics_name_the_log_det_estimator():
+    from pushforward.experiment import measure_rows
+
+    rows = torch.randn(20, 3)
+    assert measure_rows(pf.ResidualFlow(3, transforms=2, hidden_features=(8,)), rows).log_det == "exact"
+    assert measure_rows(pf.IResNet(200, transforms=1, hidden_features=(8,)), torch.randn(20, 200)).log_det == "series"
+    assert measure_rows(pf.MAF(3, transforms=1, hidden_features=(8,)), rows).log_det is None
