@@ -122,3 +122,18 @@ def test_ladj_float32(example, device):
     torch.testing.assert_close(ladj.double(), exact(z.float().double(), context)[1], atol=F32_ATOL, rtol=F32_ATOL)
     torch.testing.assert_close(ladj_inv.double(), exact.inverse(x.double(), context)[1], atol=F32_ATOL,
                                rtol=F32_ATOL)
+
+
+def test_a_flow_knows_whether_it_takes_a_context(example, device):
+    """Every conditional transform of the registry makes a conditional flow; an unconditional
+    flow refuses a context instead of ignoring it."""
+    _, t, event_shape, c = example
+    flow = Flow(StandardNormal(event_shape).double(), t).to(device)
+    assert flow.context_features == c
+    if not c:
+        z, _ = inputs(event_shape, 0, (2,), device)
+        x = t(z)[0]
+        with pytest.raises(ValueError, match="takes no context"):
+            flow.log_prob(x, torch.zeros(2, 3, dtype=torch.float64, device=device))
+        with pytest.raises(ValueError, match="takes no context"):
+            flow.sample((), torch.zeros(2, 3, dtype=torch.float64, device=device))

@@ -221,16 +221,25 @@ class Flow(nn.Module):
         self.base = base
         self.transform = transform
         self._event_shape = torch.Size(transform.forward_shape(base.event_shape))
+        # a flow is conditional when a part of it was built to read a context (its conditioner,
+        # a MADE or context parameters, records how many features)
+        self.context_features = max((getattr(m, "context_features", 0) or 0 for m in transform.modules()), default=0)
 
     @property
     def event_shape(self) -> torch.Size:
         """The shape of one data example: the transform's image of the base's event shape."""
         return self._event_shape
 
+    def _check_context(self, context: Tensor | None) -> None:
+        if context is not None and not self.context_features:
+            raise ValueError(f"this flow takes no context (none of its transforms was built with context_features > 0), "
+                             f"got a context of shape {tuple(context.shape)}")
+
     def _check(self, x: Tensor, context: Tensor | None) -> Tensor:
         check_event_shape(x, self.event_shape, "data")
         x = _as_dtype(x, self.base, "data")
         check_finite(x, "data")
+        self._check_context(context)
         if context is not None:
             batch = x.shape[: x.dim() - len(self.event_shape)]
             if context.shape[:-1] != batch:
@@ -248,13 +257,15 @@ class Flow(nn.Module):
         Raises:
             ValueError: if ``x`` has the wrong trailing shape, holds NaN/inf, has a floating-point
                 type other than the flow's, or lies outside the support of a transform with a
-                bounded domain; if ``context`` does not match.
+                bounded domain; if ``context`` does not match, or is given to a flow that takes
+                none.
         """
         x = self._check(x, context)
         z, ladj = self.transform.inverse(x, context)
         return self.base.log_prob(z) + ladj
 
     def _base_sample(self, shape: Sequence[int], context: Tensor | None, grad: bool, temperature: float):
+        self._check_context(context)
         shape = tuple(shape)
         if context is not None:
             shape = shape + tuple(context.shape[:-1])
