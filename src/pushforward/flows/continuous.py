@@ -29,8 +29,9 @@ class FFJORD(Flow):
     Shapes: x (*batch, features); context (*batch, context_features); log_prob (*batch,) nats.
 
     Reference: Grathwohl, Chen, Bettencourt, Sutskever & Duvenaud. FFJORD: free-form continuous
-    dynamics for scalable reversible generative models. ICLR 2019 (tabular data: softplus
-    MLPs, 1 to 5 blocks, batch norm between blocks as an option; tolerances 1e-5 in training).
+    dynamics for scalable reversible generative models. ICLR 2019 (the defaults here: one
+    block of 3 x 64 tanh units, as for the paper's 2-D densities; the tabular experiments
+    stack several blocks of softplus MLPs, with batch norm between them as an option).
     arXiv:1810.01367. Finlay, Jacobsen, Nurbekyan & Oberman. How to train your neural ODE.
     ICML 2020. arXiv:2002.02798.
 

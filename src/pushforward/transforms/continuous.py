@@ -63,7 +63,7 @@ class SolverRecord:
             each (*batch,), unweighted.
         penalty: sum over the solves of kinetic weight × kinetic + jacobian weight × jacobian,
             (*batch,), or the float 0.0 where no transform is regularised; the training loss
-            is mean(-log p + penalty) (Finlay et al. 2020, eq. 11).
+            is mean(-log p + penalty) (Finlay et al. 2020).
     """
 
     solves: int = 0
@@ -211,11 +211,11 @@ class ContinuousFlow(Transform):
     Reference: Chen, Rubanova, Bettencourt & Duvenaud. Neural ordinary differential equations.
     NeurIPS 2018, theorem 1 (instantaneous change of variables), and section 3 (adjoint).
     arXiv:1806.07366. Grathwohl, Chen, Bettencourt, Sutskever & Duvenaud. FFJORD: free-form
-    continuous dynamics for scalable reversible generative models. ICLR 2019, eqs. 4 and 7
-    (Hutchinson's estimator, noise fixed per solve). arXiv:1810.01367. Finlay, Jacobsen,
-    Nurbekyan & Oberman. How to train your neural ODE: the world of Jacobian and kinetic
-    regularization. ICML 2020, eqs. 11 and 13 (kinetic energy, Frobenius norm and its
-    estimate). arXiv:2002.02798.
+    continuous dynamics for scalable reversible generative models. ICLR 2019, section 3
+    (Hutchinson's estimator, the noise fixed during each solve). arXiv:1810.01367. Finlay,
+    Jacobsen, Nurbekyan & Oberman. How to train your neural ODE: the world of Jacobian and
+    kinetic regularization. ICML 2020 (the kinetic energy, the Jacobian's Frobenius norm and
+    its estimate by one vector-Jacobian product). arXiv:2002.02798.
 
     Args:
         features: dimension D.
