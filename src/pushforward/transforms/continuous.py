@@ -96,6 +96,15 @@ def recording() -> Iterator[SolverRecord]:
         _RECORD.reset(token)
 
 
+def _map_norm(state: tuple[Tensor, ...]) -> Tensor:
+    """The error norm of the adaptive step control: the largest RMS of the map's parts (z, ladj).
+
+    The regularisers' integrals are left out: they are penalties, not part of the map, and
+    their errors (the Frobenius estimate's above all) would otherwise shrink the steps.
+    """
+    return torch.maximum(state[0].square().mean().sqrt(), state[1].square().mean().sqrt())
+
+
 def _tolerance(value: float, dtype: torch.dtype) -> float:
     # A tolerance below what the dtype resolves makes the step size underflow: 10 ulps at most.
     return max(value, 10 * torch.finfo(dtype).eps)
@@ -311,6 +320,8 @@ class ContinuousFlow(Transform):
         options = {"rtol": _tolerance(self.rtol, u.dtype), "atol": _tolerance(self.atol, u.dtype),
                    "method": self.method,
                    "options": {"step_size": self.step_size} if self.method in FIXED_STEP_METHODS else None}
+        if regularise and self.method in ADAPTIVE_METHODS:
+            options["options"] = {"norm": _map_norm}
         try:
             if self.adjoint:
                 params = tuple(p for p in self.parameters() if p.requires_grad)
