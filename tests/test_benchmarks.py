@@ -193,3 +193,13 @@ def test_glow_peers_score_the_same_pixel_space():
             model.nll(x)
         values.append(glow.bits_per_dim(model, x)[0])
     assert abs(values[0] - values[1]) < 0.02, values
+
+
+def test_cnf_benchmark_runs_side_by_side_on_digits():
+    from benchmarks import cnf
+
+    result = cnf.main(["--minutes", "0.002", "--hidden", "8", "--rtol", "1e-3", "--atol", "1e-3"], log=lambda _: None)
+    ours = result["libraries"]["pushforward"]
+    assert ours["steps"] >= 1 and ours["nfe_forward"] > 0 and math.isfinite(ours["test_log_likelihood"])
+    if "zuko" in result["libraries"]:
+        assert math.isfinite(result["libraries"]["zuko"]["test_log_likelihood"])

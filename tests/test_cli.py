@@ -489,3 +489,21 @@ def test_a_swap_cut_short_is_completed_by_the_next_writer(moons_run, tmp_path):
     assert "already holds a run" in bad("fit", "--data", "moons", *TINY, "--out", moons_run)
     assert json.loads((moons_run / "config.json").read_text())["train"]["seed"] == 3
     assert leftovers(tmp_path) == []
+
+
+def test_a_solve_that_does_not_converge_is_a_one_line_error():
+    """ConvergenceError (a numerical inverse, an ODE solve over its budget) reaches the user as
+    one line, like the library's other documented errors."""
+    import click
+
+    from pushforward.cli_common import one_line_errors
+    from pushforward.transforms import ConvergenceError
+
+    @click.command()
+    @one_line_errors
+    def stuck():
+        raise ConvergenceError("fixed-point inverse did not converge in 2 iterations\n(details)")
+
+    result = invoke(stuck, ok=False)
+    assert result.exit_code == 1
+    assert result.output.strip() == "Error: fixed-point inverse did not converge in 2 iterations"

@@ -12,6 +12,7 @@ from .flows import IAF, MAF, NSF, RealNVP
 from .flows import BNAF, NAF, NICE, UMNN
 from .flows import HouseholderFlow, LUFlow, PlanarFlow, RadialFlow, SylvesterFlow
 from .flows import BernsteinFlow, SOSFlow
+from .flows import FFJORD
 from .flows import Glow, RealNVPImage
 from .flows import IResNet, ResidualFlow
 from .train import Evaluation, FitResult, evaluate, fit, log_likelihoods
@@ -21,7 +22,7 @@ __all__ = [
     "Transform", "Chain", "Inverse", "Flow", "StandardNormal", "DiagNormal",
     "MAF", "IAF", "RealNVP", "NSF", "NICE", "NAF", "BNAF", "UMNN",
     "PlanarFlow", "RadialFlow", "SylvesterFlow", "HouseholderFlow", "LUFlow",
-    "SOSFlow", "BernsteinFlow", "Glow", "RealNVPImage", "ResidualFlow", "IResNet",
+    "SOSFlow", "BernsteinFlow", "FFJORD", "Glow", "RealNVPImage", "ResidualFlow", "IResNet",
     "fit", "evaluate", "log_likelihoods", "FitResult", "Evaluation",
     "flows", "distributions", "transforms", "nn", "testing", "data",
     "targets", "vi", "vae",

@@ -70,11 +70,11 @@ RANGES: dict[str, Range] = {
                      "integrand_features", "nodes", "degree", "polynomials", "columns", "reflections", "latent",
                      "prior_transforms", "epochs", "steps", "samples", "batch_size", "patience", "threads", "nproc",
                      "dim", "count", "iw_samples", "test_examples", "levels", "hidden_channels",
-                     "iterations", "terms"], _SIZE),
+                     "iterations", "terms", "max_evaluations"], _SIZE),
     **dict.fromkeys(["context_features", "anneal_steps", "seed", "blocks", "exact_terms"], _COUNT),
     "log_z_samples": Range(2, integer=True),
-    **dict.fromkeys(["lr", "clip_grad", "max_minutes", "temperature"], _POSITIVE),
-    **dict.fromkeys(["weight_decay", "warmup"], _NON_NEGATIVE),
+    **dict.fromkeys(["lr", "clip_grad", "max_minutes", "temperature", "rtol", "atol", "time", "step_size"], _POSITIVE),
+    **dict.fromkeys(["weight_decay", "warmup", "kinetic", "jacobian"], _NON_NEGATIVE),
     "beta0": Range(0, low_open=True, high=1),
     # residual flows: a Lipschitz bound c < 1 (c = 1 is no contraction), a stopping probability < 1
     # (1 would never draw the Russian roulette's further terms and bias it)

@@ -131,6 +131,17 @@ def main():
 @click.option("--convolution", type=click.Choice(["lu", "1x1", "emerging", "periodic"]), default=None,
               help="glow: the invertible convolution that mixes the channels (default lu).")
 @click.option("--additive", is_flag=True, default=None, help="glow: additive instead of affine couplings.")
+@click.option("--trace", type=click.Choice(["exact", "hutchinson"]), default=None,
+              help="ffjord: the trace of df/dz in training, exact or Hutchinson's estimate (default: hutchinson; "
+                   "evaluation is exact).")
+@click.option("--rtol", type=number("rtol"), default=None, help="ffjord: the ODE solver's relative tolerance (1e-5).")
+@click.option("--atol", type=number("atol"), default=None, help="ffjord: the ODE solver's absolute tolerance (1e-5).")
+@click.option("--kinetic", type=number("kinetic"), default=None,
+              help="ffjord: weight of the kinetic-energy regulariser int ||f||^2 dt (Finlay et al. 2020; default 0).")
+@click.option("--jacobian", type=number("jacobian"), default=None,
+              help="ffjord: weight of the Jacobian-norm regulariser int ||df/dz||_F^2 dt (default 0).")
+@click.option("--adjoint", is_flag=True, default=None,
+              help="ffjord: back-propagate by the adjoint method (memory constant in the number of steps).")
 @click.option("--image-size", type=IMAGE_SIZE, default=None,
               help="A folder of images: resize every image to this size, e.g. 32 or 28,28 (H,W).")
 @click.option("--epochs", type=number("epochs"), default=100, show_default=True, help="Largest number of epochs.")
@@ -159,7 +170,8 @@ def main():
                    "--epochs and --max-minutes may be changed, other training options are refused.")
 @one_line_errors
 def fit(data, data_dir, test_file, flow_name, transforms, hidden_features, bins, autoregressive, normalization,
-        levels, steps, hidden_channels, blocks, convolution, additive, image_size, epochs, batch_size, lr, weight_decay, schedule, clip_grad, patience, max_minutes, seed, float64, compiled,
+        levels, steps, hidden_channels, blocks, convolution, additive, trace, rtol, atol, kinetic, jacobian, adjoint,
+        image_size, epochs, batch_size, lr, weight_decay, schedule, clip_grad, patience, max_minutes, seed, float64, compiled,
         device, threads, nproc, out, overwrite, resume, as_json, quiet):
     """Train a flow by maximum likelihood and write a run folder.
 
@@ -197,7 +209,8 @@ def fit(data, data_dir, test_file, flow_name, transforms, hidden_features, bins,
             "transforms": transforms, "normalization": None if normalization == "none" else normalization,
             "hidden_features": hidden_features, "bins": bins, "autoregressive": autoregressive, "levels": levels,
             "steps": steps, "hidden_channels": hidden_channels, "blocks": blocks, "convolution": convolution,
-            "additive": additive})
+            "additive": additive, "trace": trace, "rtol": rtol, "atol": atol, "kinetic": kinetic,
+            "jacobian": jacobian, "adjoint": adjoint})
         config = {
             "flow": flow_name, "flow_kwargs": kwargs,
             "data": {"name": _absolute_data(data), "display": data, "data_dir": _absolute(data_dir), "seed": seed,

@@ -16,6 +16,7 @@ import torch
 from .checks import RANGES, Range
 from .flows import preset_options
 from .runs import check_out
+from .transforms.numerical import ConvergenceError
 
 __all__ = ["one_line_errors", "run_options", "number", "SIZES", "IMAGE_SIZE", "fresh_out", "check_output_file", "torch_device", "preset_kwargs"]
 
@@ -51,10 +52,11 @@ def number(name: str) -> click.ParamType:
 def one_line_errors(command):
     """Turn the library's documented errors into ``error: ...`` and exit status 1.
 
-    Catches ValueError, ImportError, every OSError (a missing, unreadable or unwritable file, a
-    path below a file, a full disk) and running out of memory (MemoryError, a device's
-    OutOfMemoryError), and re-raises the first line of the message as a click.ClickException;
-    an OSError names its path ("PATH: Not a directory").
+    Catches ValueError, ImportError, ConvergenceError (a numerical inverse or an ODE solve that
+    did not converge), every OSError (a missing, unreadable or unwritable file, a path below a
+    file, a full disk) and running out of memory (MemoryError, a device's OutOfMemoryError), and
+    re-raises the first line of the message as a click.ClickException; an OSError names its
+    path ("PATH: Not a directory").
     """
 
     @functools.wraps(command)
@@ -66,7 +68,7 @@ def one_line_errors(command):
         except (MemoryError, torch.OutOfMemoryError) as e:
             raise click.ClickException(f"out of memory ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
                                        "; try smaller sizes") from None
-        except (ValueError, ImportError) as e:
+        except (ValueError, ImportError, ConvergenceError) as e:
             raise click.ClickException(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
 
     return wrapper

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from .core import Chain, Inverse, Transform
 from .transforms.autoregressive import MaskedAutoregressive
+from .transforms.continuous import ContinuousFlow
 from .transforms.convolution import Conv1x1, Conv1x1LU, EmergingConv, PeriodicConv
 from .transforms.coupling import Coupling, ImageCoupling, alternating_mask
 from .transforms.multiscale import MultiScale
@@ -135,6 +136,10 @@ def _vector_examples() -> Iterator[tuple[str, Callable[[int], Transform], bool]]
     yield "neural-dsf", lambda c: MaskedAutoregressive(d, DeepSigmoidMap(units=4, layers=2), c, (16,)), True
     yield "neural-umnn", lambda c: MaskedAutoregressive(d, UMNNMap(embedding=4, hidden_features=(8, 8)), c, (8,)), True
     yield "neural-bnaf", lambda c: BlockNeuralAutoregressive(d, c, hidden_features=(3, 3)), True
+    # tolerances far below the contract's, so that the solver's error does not count
+    yield "continuous-exact", lambda c: ContinuousFlow(d, c, (8, 8), rtol=1e-9, atol=1e-9), True
+    yield "continuous-adjoint-softplus", lambda c: ContinuousFlow(d, c, (8,), activation=nn.Softplus, rtol=1e-9,
+                                                                  atol=1e-9, adjoint=True), True
 
 
 def _image_examples() -> Iterator[tuple[str, Callable[[int], Transform], bool]]:

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from . import distributed
 from .checks import check_arguments
 from .core import Flow
+from .transforms.continuous import recording
 
 __all__ = ["fit", "FitResult", "log_likelihoods", "evaluate", "Evaluation", "save_atomic", "atomic_write"]
 
@@ -200,7 +201,9 @@ def _mean_log_likelihood(flow: Flow, data: Data, device: torch.device) -> float:
 @dataclass
 class FitResult:
     """What :func:`fit` did: the per-epoch ``history`` (train loss and validation
-    log-likelihood in nats), the best epoch and its validation log-likelihood, why it stopped
+    log-likelihood in nats; for flows with continuous blocks also ``nfe_forward`` and
+    ``nfe_backward``, the mean NFE per training step, and ``penalty``, the mean regulariser
+    per example when one is weighted), the best epoch and its validation log-likelihood, why it stopped
     ("epochs", "early stopping", "time budget", "interrupted"), and the training seconds."""
 
     history: list[dict] = field(default_factory=list)
@@ -234,6 +237,12 @@ def fit(
     on_checkpoint: Callable[[], None] | None = None,
 ) -> FitResult:
     r"""Train ``flow`` by maximum likelihood: minimise -mean log p(x) (nats) with Adam.
+
+    Continuous blocks (:class:`~pushforward.transforms.continuous.ContinuousFlow`) are watched
+    through :func:`~pushforward.transforms.continuous.recording` around each step: the loss is
+    mean(-log p(x) + penalty), with the regularisers they are asked to weight (Finlay et al.
+    2020), and each epoch's history gets their mean number of function evaluations per step,
+    forward and backward (of this process), shown in the progress bar as ``nfe=F+B``.
 
     After each epoch the validation log-likelihood is measured; the best weights are kept and
     restored at the end, and training stops after ``patience`` epochs without improvement.
@@ -346,16 +355,20 @@ def fit(
             order = torch.randperm(len(x_train), generator=g)
             flow.train()
             total, count = 0.0, 0
+            nfe_forward = nfe_backward = solving_steps = 0
+            penalty_total = 0.0
             bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{epochs}", disable=not (progress and lead), leave=False)
             for i in bar:
                 idx = order[i * batch_size : (i + 1) * batch_size]
                 mine = distributed.shard(idx)
                 x = x_train[mine].to(device, dtype)
                 c = None if c_train is None else c_train[mine].to(device, dtype)
-                log_p = model(x, c)
+                with recording() as record:  # continuous flows report their NFE and regularisers
+                    log_p = model(x, c)
+                penalty = record.penalty.sum() if record.kinetic else log_p.new_zeros(())
                 # DDP averages the processes' gradients: scaled by world / len(idx), that average
                 # is the gradient of the mean over the whole mini-batch, shards of any size.
-                loss = -log_p * (world / len(idx))
+                loss = (penalty - log_p) * (world / len(idx))
                 total_log_p, over = _agree(log_p, deadline is not None and time.perf_counter() > deadline, device)
                 step_loss = -total_log_p / len(idx)
                 if not math.isfinite(step_loss):
@@ -367,7 +380,13 @@ def fit(
                     torch.nn.utils.clip_grad_norm_(flow.parameters(), clip_grad)
                 optimizer.step()
                 total, count = total + step_loss * len(idx), count + len(idx)
-                bar.set_postfix(loss=f"{total / count:.3f}")
+                if record.solves:  # read after backward: the backward NFE is counted during it
+                    nfe_forward, nfe_backward = nfe_forward + record.nfe_forward, nfe_backward + record.nfe_backward
+                    solving_steps += 1
+                    penalty_total += penalty.detach().item()
+                    bar.set_postfix(loss=f"{total / count:.3f}", nfe=f"{record.nfe_forward}+{record.nfe_backward}")
+                else:
+                    bar.set_postfix(loss=f"{total / count:.3f}")
                 if over:
                     result.stopped = "time budget"
                     break
@@ -376,8 +395,16 @@ def fit(
             score = _mean_log_likelihood(flow, valid, device) if valid is not None else -total / count
             result.history.append({"epoch": epoch + 1, "train_loss": total / count, "valid_log_likelihood": score,
                                    "seconds": time.perf_counter() - start})
+            if solving_steps:
+                result.history[-1].update(nfe_forward=nfe_forward / solving_steps,
+                                          nfe_backward=nfe_backward / solving_steps)
+                if penalty_total:
+                    result.history[-1]["penalty"] = penalty_total / count
             if verbose and lead:
-                tqdm.write(f"epoch {epoch + 1}: train loss {total / count:.4f}, valid log-likelihood {score:.4f}", file=sys.stderr)
+                nfe = (f", NFE per step {nfe_forward / solving_steps:.0f} forward + {nfe_backward / solving_steps:.0f} "
+                       "backward" if solving_steps else "")
+                tqdm.write(f"epoch {epoch + 1}: train loss {total / count:.4f}, valid log-likelihood {score:.4f}{nfe}",
+                           file=sys.stderr)
             if score > result.best_valid:
                 result.best_epoch, result.best_valid = epoch + 1, score
                 best_state = copy.deepcopy(flow.state_dict())

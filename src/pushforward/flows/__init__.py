@@ -11,6 +11,7 @@ import inspect
 
 from ..core import Flow
 from .classic import IAF, MAF, NSF, RealNVP, stack
+from .continuous import FFJORD
 from .image import Glow, RealNVPImage
 from .neural import BNAF, NAF, NICE, UMNN
 from .linear import HouseholderFlow, LUFlow
@@ -20,14 +21,14 @@ from .residual import IResNet, ResidualFlow
 
 __all__ = ["MAF", "IAF", "RealNVP", "NSF", "NICE", "NAF", "BNAF", "UMNN",
            "PlanarFlow", "RadialFlow", "SylvesterFlow", "HouseholderFlow", "LUFlow", "PRESETS", "preset_options", "stack",
-           "SOSFlow", "BernsteinFlow", "Glow", "RealNVPImage", "IMAGE_PRESETS", "ResidualFlow", "IResNet"]
+           "SOSFlow", "BernsteinFlow", "FFJORD", "Glow", "RealNVPImage", "IMAGE_PRESETS", "ResidualFlow", "IResNet"]
 
 PRESETS: dict[str, type[Flow]] = {
     "maf": MAF, "iaf": IAF, "realnvp": RealNVP, "nsf": NSF,
     "nice": NICE, "naf": NAF, "bnaf": BNAF, "umnn": UMNN,
     "planar": PlanarFlow, "radial": RadialFlow, "sylvester": SylvesterFlow, "householder": HouseholderFlow,
     "lu": LUFlow,
-    "sos": SOSFlow, "bernstein": BernsteinFlow,
+    "sos": SOSFlow, "bernstein": BernsteinFlow, "ffjord": FFJORD,
     "residual": ResidualFlow, "iresnet": IResNet,
 }
 IMAGE_PRESETS: dict[str, type[Flow]] = {"glow": Glow, "realnvp-image": RealNVPImage}

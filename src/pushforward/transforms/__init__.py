@@ -1,6 +1,7 @@
 """Transforms, one module per family of flow."""
 
 from .autoregressive import MaskedAutoregressive
+from .continuous import ContinuousFlow, SolverRecord, recording
 from .convolution import Conv1x1, Conv1x1LU, EmergingConv, PeriodicConv
 from .coupling import Coupling, ImageCoupling, alternating_mask, checkerboard
 from .multiscale import MultiScale
@@ -22,7 +23,7 @@ from .polynomials import BernsteinPolynomial, SOSPolynomial, bernstein_basis
 from .residual import ResidualBlock, log_det_estimators
 
 __all__ = [
-    "MaskedAutoregressive", "Coupling", "ImageCoupling", "alternating_mask", "checkerboard", "MultiScale", "Squeeze", "AdditiveMap", "Affine", "AffineMap", "SigmoidAffineMap", "DomainError",
+    "MaskedAutoregressive", "ContinuousFlow", "SolverRecord", "recording", "Coupling", "ImageCoupling", "alternating_mask", "checkerboard", "MultiScale", "Squeeze", "AdditiveMap", "Affine", "AffineMap", "SigmoidAffineMap", "DomainError",
     "Elementwise", "ElementwiseMap", "Sigmoid", "logit_preprocessing", "Permutation", "LowerTriangular", "ActNorm",
     "BatchNorm", "ConvergenceError", "bisection", "RQSpline", "rational_quadratic_spline", "with_identity_tails",
     "Triangular", "UpperTriangular", "ConvexCombinationTriangular", "Householder", "householder", "LU", "QR", "Dense",
