@@ -39,6 +39,7 @@ from torch import Tensor, nn
 import pushforward as pf
 from pushforward.transforms.continuous import recording
 
+from . import peers
 from .compare import batch_plan
 
 LIBRARIES = ("pushforward", "zuko")
@@ -132,7 +133,7 @@ def benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) -> d
     train_x, test_x = (data.train - mean) / std, (data.test - mean) / std
     features = train_x.shape[1]
     plan = batch_plan(len(train_x), args.batch_size, 10**6, args.seed)
-    libraries = [name for name in args.libraries if name == "pushforward" or _installed(name, log)]
+    libraries = peers.usable(args.libraries, log)
     result = {"data": "digits", "minutes": args.minutes, "threads": args.threads, "hidden": args.hidden,
               "rtol": args.rtol, "atol": args.atol, "batch_size": args.batch_size, "lr": args.lr,
               "activation": args.activation, "kinetic": args.kinetic, "jacobian": args.jacobian, "libraries": {}}
@@ -153,15 +154,6 @@ def benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) -> d
             f"f called {measured['f_calls_per_step']:.1f} times per step{own}; test {ll:.2f} ± {se:.2f} nats, "
             f"{bits:.4f} bits/dim")
     return result
-
-
-def _installed(name: str, log: Callable[[str], None]) -> bool:
-    try:
-        __import__(name)
-        return True
-    except ImportError:
-        log(f"{name} is not installed: skipped (pip install -e '.[bench]')")
-        return False
 
 
 def _parser() -> argparse.ArgumentParser:

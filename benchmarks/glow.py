@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 import pushforward as pf
 
+from . import peers
 from .compare import _MALLOC_ENV, _peak_rss, _reset_peak_rss, batch_plan
 
 LIBRARIES = ("pushforward", "normflows")
@@ -144,7 +145,7 @@ def benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) -> d
     torch.set_num_threads(args.threads)
     data = load_images(args.data, args.data_dir)
     shape, pixel_levels = data.event_shape, data.levels
-    libraries = [name for name in args.libraries if name == "pushforward" or _installed(name, log)]
+    libraries = peers.usable(args.libraries, log)
     models, optimizers = {}, {}
     for name in libraries:
         torch.manual_seed(args.seed)
@@ -183,15 +184,6 @@ def benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) -> d
         log(f"throughput pushforward / normflows: {ratios[0]:.2f}-{ratios[len(ratios) // 2]:.2f}-{ratios[-1]:.2f} "
             f"(min-median-max over {len(ratios)} repetitions)")
     return result
-
-
-def _installed(name: str, log: Callable[[str], None]) -> bool:
-    try:
-        __import__(name)
-        return True
-    except ImportError:
-        log(f"{name} is not installed: skipped (pip install -e '.[bench]')")
-        return False
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 
@@ -141,6 +141,18 @@ def available(library: str) -> str | None:
     except Exception as error:  # a broken install: report it, benchmark the others
         return f"{library} fails to import: {type(error).__name__}: {error}"
     return None
+
+
+def usable(libraries: Sequence[str], log: Callable[[str], None] = print) -> list[str]:
+    """The libraries of ``libraries`` that import (pushforward always), saying why the others are skipped."""
+    kept = []
+    for name in libraries:
+        reason = None if name == "pushforward" else available(name)
+        if reason is None:
+            kept.append(name)
+        else:
+            log(f"{reason}: skipped")
+    return kept
 
 
 def build(library: str, spec: Spec) -> Model:
