@@ -209,6 +209,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None, log: Callable[[str], None] = print) -> dict | None:
+    """Run the benchmark with command-line ``argv`` and return its measurements (None for the
+    internal ``--probe`` of a memory subprocess, which prints its figure instead)."""
     args = _parser().parse_args(argv)
     if args.probe:
         library, options = json.loads(args.probe)
