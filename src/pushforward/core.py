@@ -14,17 +14,25 @@ the change of variables, log p(x) = log p_base(g^{-1}(x)) + log|det J_{g^{-1}}(x
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Transform", "Chain", "Inverse", "Flow", "check_finite", "check_event_shape", "sum_rightmost"]
+__all__ = ["Transform", "Chain", "Inverse", "Flow", "check_finite", "check_event_shape", "sum_rightmost", "on_images"]
 
 
 def sum_rightmost(t: Tensor, n: int) -> Tensor:
     """Sum ``t`` over its ``n`` trailing dimensions: (*batch, *event) -> (*batch,)."""
     return t.flatten(t.dim() - n).sum(-1) if n > 0 else t
+
+
+def on_images(op: Callable[[Tensor], Tensor], u: Tensor) -> Tensor:
+    """``op``, a function of 4-D image batches (N, C, H, W) -> (N, C', H', W') such as a
+    convolution, applied over any number of batch dimensions: (*batch, C, H, W) ->
+    (*batch, C', H', W')."""
+    out = op(u.reshape(-1, *u.shape[-3:]))
+    return out.reshape(*u.shape[:-3], *out.shape[-3:])
 
 
 def check_finite(x: Tensor, name: str = "input") -> None:

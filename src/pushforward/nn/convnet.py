@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..core import on_images
 from .mlp import check_context
 
 __all__ = ["ConvNet", "cat_context_channels"]
@@ -78,6 +79,4 @@ class ConvNet(nn.Module):
         nn.init.zeros_(self.net[-1].bias)
 
     def forward(self, u: Tensor) -> Tensor:
-        batch = u.shape[:-3]
-        out = self.net(u.reshape(-1, *u.shape[-3:]))
-        return out.reshape(*batch, *out.shape[-3:])
+        return on_images(self.net, u)

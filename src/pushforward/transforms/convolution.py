@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..core import Transform
+from ..core import Transform, on_images
 from .linear import _solve, lu_lower, lu_rotation, lu_upper
 
 __all__ = ["Conv1x1", "Conv1x1LU", "EmergingConv", "PeriodicConv"]
@@ -35,8 +35,7 @@ def _constant_ladj(value: Tensor, like: Tensor) -> Tensor:
 
 def _conv2d(x: Tensor, kernel: Tensor, padding: int) -> Tensor:
     """``F.conv2d`` over any number of batch dimensions: (*batch, C, H, W) -> (*batch, C', H, W)."""
-    flat = x.reshape(-1, *x.shape[-3:])
-    return F.conv2d(flat, kernel, padding=padding).reshape(*x.shape[:-3], kernel.shape[0], *x.shape[-2:])
+    return on_images(lambda u: F.conv2d(u, kernel, padding=padding), x)
 
 
 def _channel_matmul(matrix: Tensor, z: Tensor) -> Tensor:
@@ -236,10 +235,8 @@ class EmergingConv(Transform):
     def inverse(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         _check_image(self, x.shape, len(self.log_diagonal))
         k1, k2 = self.kernels()
-        flat = x.reshape(-1, *x.shape[-3:])
-        y = _autoregressive_solve(k2, flat, upper=True)
-        z = _autoregressive_solve(k1, y, upper=False)
-        return z.reshape(x.shape), -self._ladj(x)
+        z = on_images(lambda u: _autoregressive_solve(k1, _autoregressive_solve(k2, u, upper=True), upper=False), x)
+        return z, -self._ladj(x)
 
     def extra_repr(self) -> str:
         return f"channels={len(self.log_diagonal)}, kernel_size={self.mask.shape[-1]}"

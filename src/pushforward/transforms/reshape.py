@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..core import Transform
+from ..core import Transform, on_images
 
 __all__ = ["Squeeze"]
 
@@ -58,11 +58,11 @@ class Squeeze(Transform):
 
     def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self.forward_shape(z.shape[-3:])
-        return _on_images(F.pixel_unshuffle, z, self.factor), z.new_zeros(z.shape[:-3])
+        return on_images(lambda u: F.pixel_unshuffle(u, self.factor), z), z.new_zeros(z.shape[:-3])
 
     def inverse(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self.inverse_shape(x.shape[-3:])
-        return _on_images(F.pixel_shuffle, x, self.factor), x.new_zeros(x.shape[:-3])
+        return on_images(lambda u: F.pixel_shuffle(u, self.factor), x), x.new_zeros(x.shape[:-3])
 
     def extra_repr(self) -> str:
         return f"factor={self.factor}"
@@ -72,10 +72,3 @@ def _image_shape(shape: Sequence[int]) -> tuple[int, int, int]:
     if len(shape) != 3:
         raise ValueError(f"expected an image event (C, H, W), got shape {tuple(shape)}")
     return tuple(shape)  # type: ignore[return-value]
-
-
-def _on_images(op, u: Tensor, factor: int) -> Tensor:
-    """``op`` (a 4-D image function) on (*batch, C, H, W), any number of batch dimensions."""
-    batch = u.shape[:-3]
-    out = op(u.reshape(-1, *u.shape[-3:]), factor)
-    return out.reshape(*batch, *out.shape[-3:])
