@@ -16,13 +16,14 @@ from pathlib import Path
 
 from .base import DataError, DataSet
 from .files import from_file, read_array
-from .images import IMAGE_SUFFIXES, dequantise, digits, image_folder, mnist, mnist_images, mnist_labels, read_idx
+from .images import (IMAGE_SUFFIXES, BinaryImages, binarized_mnist, dequantise, digits, image_folder, mnist,
+                     mnist_images, mnist_labels, read_idx)
 from .tabular import bsds300, gas, hepmass, miniboone, power
 from .toys import TOYS, toy, toy_dataset
 
 __all__ = [
     "DataSet", "DataError", "load", "NAMES", "IMAGE_NAMES", "TOYS", "toy", "toy_dataset", "digits",
-    "mnist", "mnist_images", "mnist_labels", "read_idx", "dequantise", "image_folder",
+    "mnist", "mnist_images", "mnist_labels", "binarized_mnist", "BinaryImages", "read_idx", "dequantise", "image_folder",
     "IMAGE_SUFFIXES", "from_file", "read_array", "power", "gas", "hepmass", "miniboone", "bsds300",
 ]
 
