@@ -14,6 +14,7 @@ from pushforward import vae
 from pushforward.data import BinaryImages
 from pushforward.cli_vi import vae as vae_command
 from pushforward import testing
+from cli_helpers import invoke, tensorboard_scalars
 from pushforward.testing import perturb
 
 def tiny(posterior="gaussian", **kwargs):
@@ -133,3 +134,15 @@ def test_cli_vae_end_to_end(fake_mnist, tmp_path):
     assert again.exit_code == 1 and "already holds a run" in again.output
     missing = CliRunner().invoke(vae_command, ["--data-dir", str(tmp_path / "none"), "--out", str(tmp_path / "m")])
     assert missing.exit_code == 1 and not (tmp_path / "m").exists()
+
+
+def test_cli_vae_logs_to_tensorboard(fake_mnist, tmp_path):
+    args = ["--data-dir", fake_mnist, "--latent", "2", "--hidden-features", "8", "--epochs", "2", "--batch-size", "25",
+            "--iw-samples", "2", "--test-examples", "2", "--quiet", "--json", "--tensorboard", tmp_path / "tb",
+            "--out", tmp_path / "run"]
+    invoke(vae_command, *args)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["tensorboard"] == str(tmp_path / "tb")
+    history = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]
+    logged = tensorboard_scalars(tmp_path / "tb")
+    for key in ("train_loss", "valid_neg_elbo", "beta"):
+        assert logged[key] == [(2 * h["epoch"], pytest.approx(h[key], rel=1e-6)) for h in history], key

@@ -477,14 +477,14 @@ def train(
 
 @contextlib.contextmanager
 def _summary_writer(folder: str | os.PathLike | None, steps: int):
-    """A SummaryWriter for ``folder`` (None: none) that a resumed run continues: the events at or
-    after its ``steps``, logged before the interruption, are purged."""
+    """A SummaryWriter for ``folder`` (None: none) that a resumed run continues: the events after
+    its ``steps`` (logged after the checkpoint, before the run was killed) are purged."""
     if folder is None:
         yield None
         return
     from torch.utils.tensorboard import SummaryWriter  # imports tensorboard: only when asked
 
-    writer = SummaryWriter(os.fspath(folder), purge_step=steps or None)
+    writer = SummaryWriter(os.fspath(folder), purge_step=steps + 1 if steps else None)
     try:
         yield writer
     finally:
