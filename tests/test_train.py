@@ -446,3 +446,11 @@ def test_fit_command_records_tensorboard_and_a_resume_continues_the_steps(tmp_pa
     assert config["train"]["tensorboard"] == str(tmp_path / "tb")
     invoke(main, "fit", "--resume", "run", "--epochs", "2", "--quiet")
     assert [step for step, _ in tensorboard_scalars(tmp_path / "tb")["train_loss"]] == [10, 20]  # 10 000 training rows
+
+
+def test_the_engine_docstring_example_runs():
+    import doctest
+
+    from pushforward import engine
+
+    assert doctest.testmod(engine).failed == 0
