@@ -299,14 +299,15 @@ def test_numerical_inverse_raises_convergence_error(name):
 ], ids=["cubic-spline", "sos", "bernstein", "naf-sampling", "umnn-sampling"])
 def test_numerical_inverse_ladj_is_the_log_derivative_autograd_sees_in_float32(make, direction):
     """The gradient comes from the slope at the polished solution, where the ladj is evaluated:
-    with the slope at the bisection's point they differed by up to 7e-3 in float32."""
+    with the slope at the bisection's point they differed by up to 7e-3 in float32. (The second
+    Newton step, for exact second derivatives, adds float32 rounding of about 1e-6.)"""
     torch.manual_seed(0)
     m = make()
     h = torch.randn(512, m.params) * 2
     x = (torch.randn(512) * 3).requires_grad_()
     y, ladj = getattr(m, direction)(x, h)
     (dy_dx,) = torch.autograd.grad(y.sum(), x)
-    torch.testing.assert_close(ladj, dy_dx.log(), atol=1e-6, rtol=0)
+    torch.testing.assert_close(ladj, dy_dx.log(), atol=2e-6, rtol=0)
 
 
 # --- closed-form properties ------------------------------------------------------------------

@@ -5,11 +5,14 @@ Round trips, ladj and gradients of ``MaskedAutoregressive`` are in the registry 
 inputs, under any order, any depth, with and without context.
 """
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 from torch.autograd.functional import jacobian
 
+import pushforward as pf
 from pushforward.nn import MADE, SigmoidTanh, MaskedLinear
 from pushforward.testing import perturb
 from pushforward.transforms import AffineMap, MaskedAutoregressive, RQSpline
@@ -207,6 +210,42 @@ def test_masked_linear_leaves_a_swapped_in_parameter_alone():
     torch.testing.assert_close(y, layer(x))
 
 
+def test_made_saves_dense_masked_weights_whatever_its_blocks():
+    """The saved format does not depend on the layout: one (weight, bias) per layer, dense and
+    masked, loadable into a MADE whose layers are cut into other blocks."""
+    made = perturb(MADE(64, 2, hidden_features=(512,), blocks=[2, 4]), scale=0.1)
+    state = made.state_dict()
+    assert sorted(state) == ["network.0.bias", "network.0.weight", "network.2.bias", "network.2.weight", "order"]
+    assert state["network.0.weight"].shape == (512, 64) and state["network.2.weight"].shape == (128, 512)
+    other = MADE(64, 2, hidden_features=(512,), blocks=1)
+    other.load_state_dict(state)
+    x = torch.randn(3, 64)
+    torch.testing.assert_close(other(x), made(x))
+
+
+def test_made_loads_a_file_of_packed_layout_version_1():
+    """A state dict holding the ``packed`` vector, as pushforward 0.1 saved it (tests/data:
+    a MADE whose output layer the version-1 rule cut into 2 blocks)."""
+    old = torch.load(Path(__file__).parent / "data" / "made_packed_v1.pt", weights_only=True)
+    assert "packed" in old["state_dict"]
+    made = MADE(2, 64, hidden_features=(256,), activation=nn.Tanh)
+    made.load_state_dict(old["state_dict"])
+    torch.testing.assert_close(made(old["x"]), old["y"], rtol=0, atol=1e-6)
+    assert "packed" not in made.state_dict()
+
+
+def test_made_second_derivatives_are_exact():
+    """gradgradcheck over the input and the packed weights (the issue's MAF example)."""
+    made = perturb(MADE(3, 2, context_features=2, hidden_features=(8, 8), activation=nn.Tanh).double())
+    x, c = torch.randn(4, 3, dtype=torch.float64, requires_grad=True), torch.randn(4, 2, dtype=torch.float64)
+    packed = made.packed.detach().clone().requires_grad_()
+    run = lambda x, p: torch.func.functional_call(made, {"packed": p}, (x, c))
+    torch.autograd.gradcheck(run, (x, packed), fast_mode=True)
+    torch.autograd.gradgradcheck(run, (x, packed), fast_mode=True)
+    maf = pf.MAF(3, transforms=1, hidden_features=(8,)).double()
+    torch.autograd.gradgradcheck(lambda v: maf.log_prob(v), (torch.randn(4, 3, dtype=torch.float64, requires_grad=True),))
+
+
 def test_made_loads_a_state_dict_from_before_the_packed_storage():
     """Checkpoints with one (weight, bias, mask) per layer, as the MADE of nn.Linear layers wrote."""
     made = perturb(MADE(5, 2, context_features=1, hidden_features=(16, 12), order=[3, 0, 4, 1, 2]))
@@ -290,10 +329,10 @@ def test_masked_autoregressive_forward_needs_all_passes():
 def test_tanh_inside_made_matches_torch_tanh(activation):
     """The MADE computes tanh in place as tanh_, or as 2 sigmoid(2y) - 1 when asked for
     (SigmoidTanh): within 2e-7 in float32 either way, in the density's pass and in sampling."""
-    from pushforward.nn import made as made_module
+    from pushforward.nn import masked
 
     y = torch.linspace(-20, 20, 200_001)
-    h, _ = made_module._activate(activation(), y.clone())
+    h, _ = masked._activate(activation(), y.clone())
     torch.testing.assert_close(h, torch.tanh(y), atol=2e-7, rtol=0)
     torch.testing.assert_close(activation()(y), torch.tanh(y), atol=2e-7, rtol=0)
     made = perturb(MADE(4, 2, hidden_features=(16,), activation=activation))  # the last layer starts at zero

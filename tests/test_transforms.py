@@ -137,3 +137,26 @@ def test_a_flow_knows_whether_it_takes_a_context(example, device):
             flow.log_prob(x, torch.zeros(2, 3, dtype=torch.float64, device=device))
         with pytest.raises(ValueError, match="takes no context"):
             flow.sample((), torch.zeros(2, 3, dtype=torch.float64, device=device))
+
+
+# Second derivatives are unavailable through these directions: backward with create_graph=True
+# raises a clear error there instead of returning zeros (the fixed-point inverse of a residual
+# block, the adjoint method).
+FIRST_ORDER_ONLY = {("residual-lipswish", "inverse"), ("residual-elu", "inverse"),
+                    ("residual-tanh-data-to-base", "forward"), ("continuous-adjoint-softplus", "inverse"),
+                    ("continuous-adjoint-softplus", "forward")}
+
+
+@pytest.mark.parametrize("direction", ["inverse", "forward"])
+def test_first_and_second_derivatives(example, direction, device):
+    """gradcheck and gradgradcheck in the input and along the parameters (hand-written autograd
+    nodes must not drop second-order terms: gradient penalties, score matching, HVPs)."""
+    name, t, event_shape, c = example
+    z, context = inputs(event_shape, c, (1,), device)
+    inverse = direction == "inverse"
+    u = t(z, context)[0].detach() if inverse else z
+    if (name.removesuffix("-context"), direction) in FIRST_ORDER_ONLY:
+        with pytest.raises(RuntimeError, match="second derivatives are not available"):
+            testing.check_derivatives(t, u, context, inverse)
+    else:
+        testing.check_derivatives(t, u, context, inverse)

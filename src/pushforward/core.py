@@ -19,7 +19,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Transform", "Chain", "Inverse", "Flow", "check_finite", "check_event_shape", "sum_rightmost", "on_images"]
+__all__ = ["Transform", "Chain", "Inverse", "Flow", "check_finite", "check_event_shape", "sum_rightmost", "on_images",
+           "replay_backward"]
 
 
 def sum_rightmost(t: Tensor, n: int) -> Tensor:
@@ -33,6 +34,28 @@ def on_images(op: Callable[[Tensor], Tensor], u: Tensor) -> Tensor:
     (*batch, C', H', W')."""
     out = op(u.reshape(-1, *u.shape[-3:]))
     return out.reshape(*u.shape[:-3], *out.shape[-3:])
+
+
+def replay_backward(function: Callable[..., Tensor | tuple[Tensor, ...]], inputs: Sequence[Tensor | None],
+                    needs_input_grad: Sequence[bool], grads: Sequence[Tensor]) -> tuple[Tensor | None, ...]:
+    r"""The backward of a hand-written autograd node by plain autograd, for a higher-order graph.
+
+    A node's hand-written backward computes first derivatives without a graph. Called from
+    that backward when ``torch.is_grad_enabled()`` (the engine runs a backward with grad mode
+    on exactly when ``create_graph=True`` asked for a differentiable gradient: double
+    backward, gradient penalties, Hessian-vector products), it recomputes ``function`` from
+    the saved ``inputs`` with composed differentiable operations and returns their gradients
+    with a graph, so that second derivatives are exact instead of missing.
+
+    Shapes: ``function(*inputs)`` returns the node's outputs (a tensor or a tuple), ``grads``
+    one gradient per output; returns one gradient per input (None where not needed).
+    """
+    with torch.enable_grad():
+        outputs = function(*inputs)
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        wanted = [t for t, need in zip(inputs, needs_input_grad) if need]
+        found = iter(torch.autograd.grad(outputs, wanted, grads, create_graph=True, allow_unused=True))
+    return tuple(next(found) if need else None for need in needs_input_grad[: len(inputs)])
 
 
 def check_finite(x: Tensor, name: str = "input") -> None:

@@ -1,7 +1,8 @@
 """Conditioners: the networks that predict the parameters of element-wise maps."""
 
 from .convnet import ConvNet, cat_context_channels
-from .made import MADE, MaskedLinear, SigmoidTanh
+from .made import MADE
+from .masked import MaskedLinear, SigmoidTanh
 from .mlp import MLP, cat_context
 from .parameters import ContextParameters
 from .lipschitz import LipschitzMLP, LipSwish, SpectralLinear

@@ -105,6 +105,26 @@ def _map_norm(state: tuple[Tensor, ...]) -> Tensor:
     return torch.maximum(state[0].square().mean().sqrt(), state[1].square().mean().sqrt())
 
 
+class _FirstDerivativesOnly(torch.autograd.Function):
+    """The identity on the adjoint solve's outputs, whose backward refuses a graph.
+
+    torchdiffeq's adjoint backward returns gradients without a graph, so second derivatives
+    (``create_graph=True``: gradient penalties, Hessian-vector products) would silently come
+    out as zeros; this node raises instead.
+    """
+
+    @staticmethod
+    def forward(ctx, *tensors: Tensor) -> tuple[Tensor, ...]:
+        return tuple(t.view_as(t) for t in tensors)
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor) -> tuple[Tensor, ...]:
+        if torch.is_grad_enabled():
+            raise RuntimeError("ContinuousFlow(adjoint=True): second derivatives are not available through the adjoint "
+                               "method; build the flow with adjoint=False for gradient penalties or Hessian products")
+        return grads
+
+
 def _tolerance(value: float, dtype: torch.dtype) -> float:
     # A tolerance below what the dtype resolves makes the step size underflow: 10 ulps at most.
     return max(value, 10 * torch.finfo(dtype).eps)
@@ -124,6 +144,10 @@ class _Dynamics:
         self.regularise, self.record, self.adjoint, self.direction = regularise, record, adjoint, direction
         self.nfe_forward = self.nfe_backward = 0
         self.solving = True
+        # the adjoint's backward solve runs after the call returns: it must differentiate the
+        # tensors the forward solve used, which under torch.func.functional_call are not the
+        # network's parameters any more by then
+        self.parameters = dict(owner.net.named_parameters()) if adjoint else None
 
     def _count(self) -> None:
         if self.solving:
@@ -155,7 +179,7 @@ class _Dynamics:
             # may say requires_grad and still not be part of any graph)
             if not (differentiable and z.requires_grad):
                 z = z.detach().requires_grad_()
-            f = self.owner.velocity(z, t, self.context)
+            f = self.owner.velocity(z, t, self.context, self.parameters)
             trace, frobenius = _trace(f, z, self.noise, create_graph=differentiable, frobenius=self.regularise)
         if differentiable and not self.adjoint and f.requires_grad:
             f.register_hook(self._count_backward)
@@ -283,8 +307,10 @@ class ContinuousFlow(Transform):
         return (f"features={self.features}, trace={self.trace}, method={self.method}, rtol={self.rtol:g}, "
                 f"atol={self.atol:g}, time={self.time:g}{', adjoint' if self.adjoint else ''}{regularised}")
 
-    def velocity(self, z: Tensor, t: Tensor | float, context: Tensor | None = None) -> Tensor:
-        """f(z, t, c), the velocity of the ODE.
+    def velocity(self, z: Tensor, t: Tensor | float, context: Tensor | None = None,
+                 parameters: dict[str, Tensor] | None = None) -> Tensor:
+        """f(z, t, c), the velocity of the ODE; with ``parameters`` (name -> tensor of the
+        network ``net``) those tensors instead of the network's own.
 
         Shapes: z (*batch, features); t a scalar; context (*batch, context_features) or None;
         returns (*batch, features).
@@ -294,7 +320,8 @@ class ContinuousFlow(Transform):
             parts.append(torch.as_tensor(t, dtype=z.dtype, device=z.device).expand(*z.shape[:-1], 1))
         if self.context_features:
             parts.append(context.expand(*z.shape[:-1], -1))
-        return self.net(torch.cat(parts, -1) if len(parts) > 1 else z)
+        inputs = torch.cat(parts, -1) if len(parts) > 1 else z
+        return self.net(inputs) if parameters is None else torch.func.functional_call(self.net, parameters, (inputs,))
 
     def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         return self._solve(z, context, inverse=False)
@@ -324,10 +351,11 @@ class ContinuousFlow(Transform):
             options["options"] = {"norm": _map_norm}
         try:
             if self.adjoint:
-                params = tuple(p for p in self.parameters() if p.requires_grad)
+                params = tuple(p for p in dynamics.parameters.values() if p.requires_grad)
                 if context is not None and context.requires_grad:
                     params += (context,)
-                path = odeint_adjoint(dynamics, state, times, adjoint_params=params, **options)
+                path = _FirstDerivativesOnly.apply(*odeint_adjoint(dynamics, state, times, adjoint_params=params,
+                                                                   **options))
             else:
                 path = odeint(dynamics, state, times, **options)
         except AssertionError as error:  # torchdiffeq's checks: step size underflow, non-finite state

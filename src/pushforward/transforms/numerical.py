@@ -104,9 +104,11 @@ def newton(residual: Callable[[Tensor], Tensor], solve: Callable[[Tensor, Tensor
     the rounding floor of the dtype and is also taken as solved, as accurately as the dtype
     allows (this happens for badly conditioned J in float32).
 
-    The iterations run without gradients; the result is one more Newton step taken with
-    autograd at the detached solution, whose derivatives with respect to anything F depends
-    on are those of the implicit function theorem, -J^{-1} dF (exact at the root).
+    The iterations run without gradients; the result is two more Newton steps taken with
+    autograd from the detached solution: the first one's derivatives with respect to anything F
+    depends on are those of the implicit function theorem, -J^{-1} dF (exact at the root); the
+    second, from a point with those derivatives, makes the second derivatives exact as well
+    (the Newton map is flat at the root, so its error enters only squared).
 
     Shapes: x0 (*batch, n); residual maps (*batch, n) -> (*batch, n); solve(x, r) returns
     J(x)^{-1} r, shape (*batch, n); returns x (*batch, n).
@@ -140,4 +142,5 @@ def newton(residual: Callable[[Tensor], Tensor], solve: Callable[[Tensor, Tensor
             stalled = ~decreased
         else:
             raise ConvergenceError(f"newton did not reach tolerance {tol:g} in {max_iter} iterations")
+    x = x - solve(x, residual(x))
     return x - solve(x, residual(x))

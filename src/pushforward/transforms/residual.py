@@ -258,7 +258,13 @@ class ResidualBlock(Transform):
         asks for lambda = (I + J)^{-T} u in place of u, the fixed point of lambda = u - J^T lambda.
         """
 
-        def hook(u: Tensor) -> Tensor:
+        def hook(u: Tensor | None) -> Tensor | None:
+            if u is None:  # an undefined gradient (autograd's "zero") stays undefined
+                return None
+            if torch.is_grad_enabled():  # create_graph=True: this gradient has no graph to give
+                raise RuntimeError("ResidualBlock: second derivatives are not available through the block's "
+                                   "fixed-point inverse; put the blocks the other way round (Inverse) where a "
+                                   "gradient penalty or Hessian product is needed")
             with torch.no_grad():
                 inp = cat_context(solution, context, self.context_features, "ResidualBlock")
                 slopes = self.net.forward_and_slopes(weights, inp)[1]
