@@ -34,6 +34,7 @@ from .experiment import (CHECKPOINT, METRICS, build_flow, gaussian_baseline, loa
 from .cli_common import (IMAGE_SIZE, SIZES, check_output_file, fresh_out, number, one_line_errors, preset_kwargs, run_options,
                          torch_device)
 from .runs import RunFolder
+from .cli_latent import interpolate, manipulate
 from .cli_vi import vae, vi
 from .flows import IMAGE_PRESETS, PRESETS
 from .train import atomic_write, fit as fit_flow
@@ -56,6 +57,9 @@ def _emit(metrics: dict, as_json: bool) -> None:
             f"± {metrics['stderr_nats']:.4f} nats ({metrics['space']} space, n={metrics['n_examples']})")
     if metrics.get("bits_per_dim") is not None:
         line += f"; {metrics['bits_per_dim']:.4f} bits/dim"
+    if metrics.get("iw_bits_per_dim") is not None:
+        line += (f" (dequantization ELBO); importance-weighted, K={metrics['iw_samples']}: "
+                 f"{metrics['iw_log_likelihood_nats']:.4f} nats, {metrics['iw_bits_per_dim']:.4f} bits/dim")
     if metrics.get("log_det"):
         line += f" (log-det: {metrics['log_det']})"
     if metrics.get("scored"):
@@ -144,6 +148,8 @@ def main():
               help="ffjord: back-propagate by the adjoint method (memory constant in the number of steps).")
 @click.option("--image-size", type=IMAGE_SIZE, default=None,
               help="A folder of images: resize every image to this size, e.g. 32 or 28,28 (H,W).")
+@click.option("--dequantization", type=click.Choice(["uniform", "variational"]), default="uniform", show_default=True,
+              help="Image data: uniform noise added once, or a learned q(u | pixels) trained with the flow (Flow++).")
 @click.option("--epochs", type=number("epochs"), default=100, show_default=True, help="Largest number of epochs.")
 @click.option("--batch-size", type=number("batch_size"), default=128, show_default=True, help="Mini-batch size.")
 @click.option("--lr", type=number("lr"), default=1e-3, show_default=True, help="Adam learning rate.")
@@ -171,7 +177,7 @@ def main():
 @one_line_errors
 def fit(data, data_dir, test_file, flow_name, transforms, hidden_features, bins, autoregressive, normalization,
         levels, steps, hidden_channels, blocks, convolution, additive, trace, rtol, atol, kinetic, jacobian, adjoint,
-        image_size, epochs, batch_size, lr, weight_decay, schedule, clip_grad, patience, max_minutes, seed, float64, compiled,
+        image_size, dequantization, epochs, batch_size, lr, weight_decay, schedule, clip_grad, patience, max_minutes, seed, float64, compiled,
         device, threads, nproc, out, overwrite, resume, as_json, quiet):
     """Train a flow by maximum likelihood and write a run folder.
 
@@ -204,6 +210,8 @@ def fit(data, data_dir, test_file, flow_name, transforms, hidden_features, bins,
         config["train"].update({k: v for k, v in (("epochs", epochs), ("max_minutes", max_minutes))
                                 if click.get_current_context().get_parameter_source(k).name != "DEFAULT"})
     else:
+        if dequantization != "uniform" and flow_name not in IMAGE_PRESETS:
+            raise click.UsageError(f"--dequantization {dequantization} applies to image flows ({', '.join(IMAGE_PRESETS)})")
         out = fresh_out(out, f"{Path(data).stem}-{flow_name}", overwrite)
         kwargs = preset_kwargs(flow_name, {
             "transforms": transforms, "normalization": None if normalization == "none" else normalization,
@@ -212,7 +220,7 @@ def fit(data, data_dir, test_file, flow_name, transforms, hidden_features, bins,
             "additive": additive, "trace": trace, "rtol": rtol, "atol": atol, "kinetic": kinetic,
             "jacobian": jacobian, "adjoint": adjoint})
         config = {
-            "flow": flow_name, "flow_kwargs": kwargs,
+            "flow": flow_name, "flow_kwargs": kwargs, "dequantization": dequantization,
             "data": {"name": _absolute_data(data), "display": data, "data_dir": _absolute(data_dir), "seed": seed,
                      "test_path": _absolute(test_file),
                      # a folder holds images, which only image flows take (digits and mnist are
@@ -301,7 +309,8 @@ def _fit_job(job: dict) -> str:
         if config["data"].get("images"):
             config["event_shape"] = list(dataset.event_shape)
             config["flow_kwargs"]["pixel_levels"] = dataset.levels  # the preset maps to [0, levels)
-            flow = build_flow(config["flow"], dataset.event_shape, config["flow_kwargs"])
+            flow = build_flow(config["flow"], dataset.event_shape, config["flow_kwargs"],
+                              dequantization=config.get("dequantization", "uniform"))
         else:
             flow = build_flow(config["flow"], dataset.features, config["flow_kwargs"], *standardisation(dataset.train))
     else:
@@ -486,6 +495,8 @@ def _sample_png(x: torch.Tensor, data: DataConfig | None, output: str) -> None:
 
 main.add_command(vi)
 main.add_command(vae)
+main.add_command(interpolate)
+main.add_command(manipulate)
 
 if __name__ == "__main__":
     main()

@@ -23,6 +23,7 @@ from .config import FitConfig, VaeConfig, ViConfig, read_config
 from .core import Chain, Flow
 from .distributions import StandardNormal
 from .data import DataSet
+from .dequantization import VariationalDequantization, dequantized, importance_weighted_log_likelihoods
 from .flows import IMAGE_PRESETS, PRESETS
 from .train import Evaluation, atomic_write, log_likelihoods, save_atomic
 from .transforms.elementwise import Affine
@@ -40,10 +41,11 @@ def standardisation(train: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def build_flow(flow: str, features: int | Sequence[int], kwargs: dict, shift: Tensor | None = None,
-               scale: Tensor | None = None) -> Flow:
+               scale: Tensor | None = None, dequantization: str = "uniform") -> Flow:
     """The vector preset ``flow`` ("maf", "nsf", ...) followed by x = shift + scale * y, or the
     image preset ``flow`` ("glow", "realnvp-image") of the image shape ``features``, which maps
-    to the pixel space itself.
+    to the pixel space itself; with ``dequantization="variational"``, the image flow trained
+    through a learned dequantizer (:func:`pushforward.dequantization.dequantized`).
 
     Shapes: features D or (C, H, W); shift, scale (D,), the training data's mean and standard
     deviation (zeros and ones when None, to be filled by ``load_state_dict``), unused by
@@ -51,13 +53,16 @@ def build_flow(flow: str, features: int | Sequence[int], kwargs: dict, shift: Te
 
     Raises:
         ValueError: for an unknown preset name, an image preset without an image shape, or a
-            vector preset with one.
+            vector preset with one; for an unknown dequantization, or a variational one of vectors.
     """
     if flow in IMAGE_PRESETS:
         if isinstance(features, int):
             raise ValueError(f"--flow {flow} is an image flow and needs images (N, C, H, W), such as digits, "
                              f"mnist or a folder of images; got vectors of {features} features")
-        return IMAGE_PRESETS[flow](features, **kwargs)
+        return dequantized(IMAGE_PRESETS[flow](features, **kwargs), dequantization, kwargs.get("pixel_levels") or 256)
+    if dequantization != "uniform":
+        raise ValueError(f"--dequantization {dequantization} applies to image flows ({', '.join(IMAGE_PRESETS)}); "
+                         f"--flow {flow} is a vector flow")
     if flow not in PRESETS:
         raise ValueError(f"unknown flow {flow!r} (known: {', '.join([*PRESETS, *IMAGE_PRESETS])})")
     if not isinstance(features, int):
@@ -94,7 +99,9 @@ class Metrics:
     sets); ``data_log_likelihood_nats`` in the original data space and ``bits_per_dim`` of
     the [0, levels)^D space of dequantised data, where they apply. ``log_det`` names the
     log-det estimators of the flow's residual blocks in evaluation mode ("exact", or a
-    stochastic one for large D), None for flows whose ladj is in closed form.
+    stochastic one for large D), None for flows whose ladj is in closed form. For a flow under
+    variational dequantization the log-likelihoods are its ELBO (a bound) and ``iw_*`` give the
+    importance-weighted estimate with ``iw_samples`` samples (in the data space, nats and bits/dim).
     """
 
     log_likelihood_nats: float
@@ -106,6 +113,10 @@ class Metrics:
     bits_per_dim: float | None = None
     bits_per_dim_stderr: float | None = None
     log_det: str | None = None
+    iw_samples: int | None = None
+    iw_log_likelihood_nats: float | None = None
+    iw_stderr_nats: float | None = None
+    iw_bits_per_dim: float | None = None
 
 
 def measure(flow: Flow, data: DataSet, split: str = "test", batch_size: int = 1000) -> Metrics:
@@ -127,10 +138,13 @@ def measure(flow: Flow, data: DataSet, split: str = "test", batch_size: int = 10
 
 
 def measure_rows(flow: Flow, rows: Tensor, space: str = "data", to_data=None, levels: int | None = None,
-                 batch_size: int = 1000) -> Metrics:
+                 batch_size: int = 1000, iw_samples: int = 16) -> Metrics:
     """Mean log-likelihood of ``rows`` (in the reference space ``space``) with its standard error,
     in nats; in the data space too when ``to_data`` (a transform reference -> data, see
-    :class:`~pushforward.data.DataSet`) is given, and bits/dim for ``levels``-level data.
+    :class:`~pushforward.data.DataSet`) is given, and bits/dim for ``levels``-level data. For a
+    :class:`~pushforward.dequantization.VariationalDequantization` (images in the data space),
+    the log-likelihood is the ELBO and the importance-weighted estimate with ``iw_samples``
+    samples is added.
 
     Shapes: rows (N, D), N >= 1.
 
@@ -150,6 +164,10 @@ def measure_rows(flow: Flow, rows: Tensor, space: str = "data", to_data=None, le
         if levels:
             per_dim = rows[0].numel() * math.log(2)
             m.bits_per_dim, m.bits_per_dim_stderr = -dat.mean / per_dim, dat.stderr / per_dim
+    if isinstance(flow, VariationalDequantization):
+        iw = Evaluation.of(importance_weighted_log_likelihoods(flow, rows, iw_samples, batch_size))
+        m.iw_samples, m.iw_log_likelihood_nats, m.iw_stderr_nats = iw_samples, iw.mean, iw.stderr
+        m.iw_bits_per_dim = -iw.mean / (rows[0].numel() * math.log(2))
     return m
 
 
@@ -193,7 +211,7 @@ def load_run(out: str | os.PathLike, weights: str = MODEL) -> tuple[Flow, FitCon
             if config.features is None:
                 raise ValueError("features: missing")
             shape = tuple(config.event_shape) if config.event_shape else config.features
-            flow = build_flow(config.flow, shape, config.flow_kwargs)
+            flow = build_flow(config.flow, shape, config.flow_kwargs, dequantization=config.dequantization)
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{out / CONFIG} is corrupted ({type(e).__name__}: {e})") from None
     try:
