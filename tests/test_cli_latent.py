@@ -129,9 +129,20 @@ def test_fit_with_variational_dequantization_reports_the_bound_and_the_importanc
     assert metrics["iw_bits_per_dim"] < metrics["bits_per_dim"]
     assert metrics["iw_bits_per_dim"] == pytest.approx(-metrics["iw_log_likelihood_nats"] / (64 * np.log(2)))
     again = run("evaluate", out)
-    assert "dequantization ELBO" in again.output and "importance-weighted, K=16" in again.output
+    assert "dequantization ELBO" in again.output and "importance-weighted (variational q, K=16)" in again.output
+    assert "importance-weighted (variational q, K=2)" in run("evaluate", out, "--iw-samples", 2).output
     run("sample", out, "-n", 4, "-o", tmp_path / "s.png")
     run("interpolate", out, "--a", 0, "--b", 1, "--steps", 3, "-o", tmp_path / "strip.png")
+
+
+def test_evaluate_gives_the_importance_weighted_estimate_of_a_uniformly_dequantized_run(glow_run):
+    plain = json.loads(run("evaluate", glow_run, "--json").output)
+    assert plain["iw_bits_per_dim"] is None
+    metrics = json.loads(run("evaluate", glow_run, "--json", "--iw-samples", 8).output)
+    assert metrics["dequantization"] == "uniform" and metrics["iw_samples"] == 8
+    assert metrics["bits_per_dim"] == plain["bits_per_dim"] and metrics["iw_bits_per_dim"] < metrics["bits_per_dim"]
+    result = run("evaluate", glow_run, "--iw-samples", 0, ok=False)
+    assert "Invalid value for '--iw-samples'" in result.output
 
 
 def test_dequantization_option_errors(tmp_path):

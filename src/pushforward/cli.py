@@ -58,8 +58,9 @@ def _emit(metrics: dict, as_json: bool) -> None:
     if metrics.get("bits_per_dim") is not None:
         line += f"; {metrics['bits_per_dim']:.4f} bits/dim"
     if metrics.get("iw_bits_per_dim") is not None:
-        line += (f" (dequantization ELBO); importance-weighted, K={metrics['iw_samples']}: "
-                 f"{metrics['iw_log_likelihood_nats']:.4f} nats, {metrics['iw_bits_per_dim']:.4f} bits/dim")
+        line += (f"{' (dequantization ELBO)' if metrics['dequantization'] == 'variational' else ''}; importance-weighted"
+                 f" ({metrics['dequantization']} q, K={metrics['iw_samples']}): {metrics['iw_log_likelihood_nats']:.4f}"
+                 f" ± {metrics['iw_stderr_nats']:.4f} nats, {metrics['iw_bits_per_dim']:.4f} bits/dim")
     if metrics.get("log_det"):
         line += f" (log-det: {metrics['log_det']})"
     if metrics.get("scored"):
@@ -364,8 +365,12 @@ def _fit_job(job: dict) -> str:
               help="Which split of a built-in data set (or of the run's own data) to evaluate.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as one JSON line.")
 @click.option("--device", default="cpu", show_default=True, help="Torch device to evaluate on: cpu, cuda, mps.")
+@click.option("--iw-samples", type=number("iw_samples"), default=None,
+              help="Dequantized data: also the importance-weighted estimate of log P(pixels) with K samples of the "
+                   "run's q (uniform noise, or the learned q of --dequantization variational, for which K is 16 "
+                   "unless given).")
 @one_line_errors
-def evaluate(run, data, data_dir, split, as_json, device):
+def evaluate(run, data, data_dir, split, as_json, device, iw_samples):
     """Mean log-likelihood of a split in nats with its standard error (and bits/dim for images).
 
     Nats are in the data set's reference space (logit space for mnist, as MAF reports; the
@@ -378,6 +383,7 @@ def evaluate(run, data, data_dir, split, as_json, device):
     if file and click.get_current_context().get_parameter_source("split").name != "DEFAULT":
         raise click.UsageError("--split applies to built-in data sets: every row of a --data file is scored")
     start = time.perf_counter()
+    torch.manual_seed(0)  # the noise of a dequantization ELBO and of importance-weighted estimates
     flow, config = load_run(run)
     if isinstance(config, ViConfig):
         raise click.ClickException(f"'{run}' is a vi run (target {config.target}): it was fitted to a density, "
@@ -389,7 +395,7 @@ def evaluate(run, data, data_dir, split, as_json, device):
                                        f"{config.data.name}; a --data file can only be scored by runs in the data space")
         rows = to_tensor(datasets.read_array(data))
         _check_shape(tuple(rows.shape[1:]), config, run)
-        metrics = {**asdict(measure_rows(flow, rows, levels=config.data.levels)), "split": "all",
+        metrics = {**asdict(measure_rows(flow, rows, levels=config.data.levels, iw_samples=iw_samples)), "split": "all",
                    "scored": f"all {len(rows)} rows of {data}"}
     else:
         spec = config.data.model_dump()
@@ -397,7 +403,7 @@ def evaluate(run, data, data_dir, split, as_json, device):
             spec.update(name=data, data_dir=data_dir, test_path=None, n=None)
         dataset = _load_data(spec)
         _check_shape(dataset.event_shape, config, run)
-        metrics = {**asdict(measure(flow, dataset, split)), "split": split,
+        metrics = {**asdict(measure(flow, dataset, split, iw_samples=iw_samples)), "split": split,
                    "scored": f"the {split} split of {config.data.display or spec['name'] if data is None else data}"}
     _emit({**metrics, "seconds": round(time.perf_counter() - start, 3), "out": str(run)}, as_json)
 

@@ -23,7 +23,8 @@ from .config import FitConfig, VaeConfig, ViConfig, read_config
 from .core import Chain, Flow
 from .distributions import StandardNormal
 from .data import DataSet
-from .dequantization import VariationalDequantization, dequantized, importance_weighted_log_likelihoods
+from .dequantization import (UniformDequantizer, VariationalDequantization, dequantized,
+                             importance_weighted_log_likelihoods)
 from .flows import IMAGE_PRESETS, PRESETS
 from .train import Evaluation, atomic_write, log_likelihoods, save_atomic
 from .transforms.elementwise import Affine
@@ -99,9 +100,10 @@ class Metrics:
     sets); ``data_log_likelihood_nats`` in the original data space and ``bits_per_dim`` of
     the [0, levels)^D space of dequantised data, where they apply. ``log_det`` names the
     log-det estimators of the flow's residual blocks in evaluation mode ("exact", or a
-    stochastic one for large D), None for flows whose ladj is in closed form. For a flow under
-    variational dequantization the log-likelihoods are its ELBO (a bound) and ``iw_*`` give the
-    importance-weighted estimate with ``iw_samples`` samples (in the data space, nats and bits/dim).
+    stochastic one for large D), None for flows whose ladj is in closed form. ``iw_*`` give the
+    importance-weighted estimate of log P(pixels) with ``iw_samples`` samples (data space, nats
+    and bits/dim) and ``dequantization`` its q: "variational" for a flow under variational
+    dequantization, whose log-likelihoods are then its ELBO (a bound), "uniform" for uniform noise.
     """
 
     log_likelihood_nats: float
@@ -113,19 +115,21 @@ class Metrics:
     bits_per_dim: float | None = None
     bits_per_dim_stderr: float | None = None
     log_det: str | None = None
+    dequantization: str | None = None
     iw_samples: int | None = None
     iw_log_likelihood_nats: float | None = None
     iw_stderr_nats: float | None = None
     iw_bits_per_dim: float | None = None
 
 
-def measure(flow: Flow, data: DataSet, split: str = "test", batch_size: int = 1000) -> Metrics:
+def measure(flow: Flow, data: DataSet, split: str = "test", batch_size: int = 1000,
+            iw_samples: int | None = None) -> Metrics:
     """Mean log-likelihood of a split with its standard error, in nats and bits/dim.
 
     The flow's log-likelihood of each example (summed over all its event dimensions) is in the
     reference space; minus the ladj of ``data.to_data`` it is in the data space, and for
     dequantised data bits/dim = -log p(x) / (D log 2) with D = ``data.features``, the number of
-    elements of one example (C*H*W for images).
+    elements of one example (C*H*W for images). ``iw_samples`` as :func:`measure_rows`.
 
     Shapes: the split (N, *event), batches of ``batch_size`` examples along the first dimension.
 
@@ -134,17 +138,20 @@ def measure(flow: Flow, data: DataSet, split: str = "test", batch_size: int = 10
     """
     if split not in ("train", "valid", "test"):
         raise ValueError(f"unknown split {split!r}; choose train, valid or test")
-    return measure_rows(flow, getattr(data, split), data.space, data.to_data, data.levels, batch_size)
+    return measure_rows(flow, getattr(data, split), data.space, data.to_data, data.levels, batch_size, iw_samples)
 
 
 def measure_rows(flow: Flow, rows: Tensor, space: str = "data", to_data=None, levels: int | None = None,
-                 batch_size: int = 1000, iw_samples: int = 16) -> Metrics:
+                 batch_size: int = 1000, iw_samples: int | None = None) -> Metrics:
     """Mean log-likelihood of ``rows`` (in the reference space ``space``) with its standard error,
     in nats; in the data space too when ``to_data`` (a transform reference -> data, see
-    :class:`~pushforward.data.DataSet`) is given, and bits/dim for ``levels``-level data. For a
-    :class:`~pushforward.dequantization.VariationalDequantization` (images in the data space),
-    the log-likelihood is the ELBO and the importance-weighted estimate with ``iw_samples``
-    samples is added.
+    :class:`~pushforward.data.DataSet`) is given, and bits/dim for ``levels``-level data.
+
+    The importance-weighted estimate of log P(pixels) (``iw_*``) is added for a
+    :class:`~pushforward.dequantization.VariationalDequantization`, whose log-likelihood is
+    the dequantization ELBO, with ``iw_samples`` samples (16 when None); and, when
+    ``iw_samples`` is given, for any flow of ``levels``-level data in the data space, with
+    uniform noise as q (:class:`~pushforward.dequantization.UniformDequantizer`).
 
     Shapes: rows (N, D), N >= 1.
 
@@ -164,10 +171,13 @@ def measure_rows(flow: Flow, rows: Tensor, space: str = "data", to_data=None, le
         if levels:
             per_dim = rows[0].numel() * math.log(2)
             m.bits_per_dim, m.bits_per_dim_stderr = -dat.mean / per_dim, dat.stderr / per_dim
-    if isinstance(flow, VariationalDequantization):
-        iw = Evaluation.of(importance_weighted_log_likelihoods(flow, rows, iw_samples, batch_size))
-        m.iw_samples, m.iw_log_likelihood_nats, m.iw_stderr_nats = iw_samples, iw.mean, iw.stderr
+    variational = isinstance(flow, VariationalDequantization)
+    if variational or (iw_samples and levels and to_data is None):
+        model = flow if variational else VariationalDequantization(flow, UniformDequantizer(len(flow.event_shape)), levels)
+        iw = Evaluation.of(importance_weighted_log_likelihoods(model, rows, iw_samples or 16, batch_size))
+        m.iw_samples, m.iw_log_likelihood_nats, m.iw_stderr_nats = iw_samples or 16, iw.mean, iw.stderr
         m.iw_bits_per_dim = -iw.mean / (rows[0].numel() * math.log(2))
+        m.dequantization = "variational" if variational else "uniform"
     return m
 
 

@@ -12,9 +12,10 @@ event shape: at each level, :class:`~pushforward.transforms.MultiScale` keeps th
 channels that leaves the flow (normalised by its prior) beside the half that goes on, and the
 squeezes are undone on the way out. Nothing is dropped, so ``decode(encode(x))`` is x up to
 rounding, and the temperature of :meth:`~pushforward.core.Flow.sample` scales every level,
-the factored-out ones included. For Glow with L levels, ``Squeeze()(z)[0]`` splits the latent
-of the first level along the channels: the first 2C channels went on, the last 2C were factored
-out there (C the image's channels).
+the factored-out ones included. For either preset with more than one level,
+``Squeeze()(z)[0]`` (:class:`~pushforward.transforms.Squeeze`) splits the latent of the first
+level along the channels: the first 2C channels went on to the next level, the last 2C left the
+flow there (C the image's channels).
 
 Shapes: one example x has the flow's event shape, its code z the base's event shape; functions
 take batches (N, *event) unless they say otherwise.
