@@ -122,8 +122,10 @@ def test_a_vector_flow_is_refused(tmp_path):
 
 def test_fit_with_variational_dequantization_reports_the_bound_and_the_importance_weighted_estimate(
         variational_run, tmp_path):
-    out, metrics = variational_run
+    out, fitted = variational_run
     assert json.loads((out / "config.json").read_text())["dequantization"] == "variational"
+    assert fitted["dequantization"] == "variational" and fitted["iw_samples"] is None  # evaluate's job
+    metrics = json.loads(run("evaluate", out, "--json").output)
     assert metrics["iw_samples"] == 16
     # the K-sample estimate is the better bound (on average, and over 181 test digits surely)
     assert metrics["iw_bits_per_dim"] < metrics["bits_per_dim"]

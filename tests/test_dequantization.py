@@ -74,8 +74,9 @@ def test_the_flow_dequantizer_is_a_density_on_the_unit_square():
     n = 400
     t = (torch.arange(n, dtype=torch.float64) + 0.5) / n
     grid = torch.stack(torch.meshgrid(t, t, indexing="ij"), -1).reshape(-1, 1, 1, 2)
+    assert q.squeeze is None  # odd height: checkerboard couplings at full resolution
     with torch.no_grad():
-        h = q.features(v / 17 - 0.5).expand(len(grid), 4, 1, 2)
+        h = q.context(v).expand(len(grid), 4, 1, 2)
         eps, ladj = q.transform.inverse(grid, h)
         mass = torch.exp(q.base.log_prob(eps) + ladj).sum() / n**2
         # the forward map, which sampling uses, goes back to the grid with the opposite ladj
@@ -102,6 +103,21 @@ def test_the_importance_weighted_estimate_is_on_average_at_least_the_bound():
     one = model.importance_weighted(x, samples=1)
     torch.manual_seed(5)
     torch.testing.assert_close(one, model.log_prob(x))
+
+
+def test_the_squeezed_flow_dequantizer_is_exact_given_its_image_context():
+    torch.manual_seed(0)
+    q = pf.testing.perturb(FlowDequantizer((3, 4, 2), 256, couplings=3, hidden_channels=8,
+                                           context_channels=5).double(), scale=0.1)
+    assert q.squeeze is not None and q.base.event_shape == (12, 2, 1)
+    v = torch.randint(0, 256, (2, 3, 4, 2)).double()
+    h = q.context(v)
+    assert h.shape == (2, 5, 2, 1)
+    eps = torch.randn(2, 12, 2, 1, dtype=torch.float64)
+    pf.testing.check_round_trip(q.transform, eps, h)
+    pf.testing.check_ladj(q.transform, eps, h)
+    u, log_q = q(v, samples=4)
+    assert u.shape == (4, 2, 3, 4, 2) and log_q.shape == (4, 2) and ((u > 0) & (u < 1)).all()
 
 
 def test_fit_trains_the_flow_and_the_dequantizer_and_improves_the_bound():

@@ -57,10 +57,12 @@ def _emit(metrics: dict, as_json: bool) -> None:
             f"± {metrics['stderr_nats']:.4f} nats ({metrics['space']} space, n={metrics['n_examples']})")
     if metrics.get("bits_per_dim") is not None:
         line += f"; {metrics['bits_per_dim']:.4f} bits/dim"
+    if metrics.get("dequantization") == "variational":
+        line += " (dequantization ELBO)"
     if metrics.get("iw_bits_per_dim") is not None:
-        line += (f"{' (dequantization ELBO)' if metrics['dequantization'] == 'variational' else ''}; importance-weighted"
-                 f" ({metrics['dequantization']} q, K={metrics['iw_samples']}): {metrics['iw_log_likelihood_nats']:.4f}"
-                 f" ± {metrics['iw_stderr_nats']:.4f} nats, {metrics['iw_bits_per_dim']:.4f} bits/dim")
+        line += (f"; importance-weighted ({metrics['dequantization']} q, K={metrics['iw_samples']}): "
+                 f"{metrics['iw_log_likelihood_nats']:.4f} ± {metrics['iw_stderr_nats']:.4f} nats, "
+                 f"{metrics['iw_bits_per_dim']:.4f} bits/dim")
     if metrics.get("log_det"):
         line += f" (log-det: {metrics['log_det']})"
     if metrics.get("scored"):
@@ -377,6 +379,10 @@ def evaluate(run, data, data_dir, split, as_json, device, iw_samples):
     normalised space for the MAF tabular sets; the data space otherwise); bits/dim in the
     [0, levels)^D space of dequantised image data. A file given with --data is held-out data:
     all of its rows are scored, in the data space. The output says which rows were scored.
+    A run with --dequantization variational reports its dequantization ELBO (a bound) and the
+    importance-weighted estimate of log P(pixels) with --iw-samples K = 16 samples (K passes of
+    the model per example); --iw-samples gives the same estimate, with uniform noise, for other
+    runs of dequantized data.
     """
     device = torch_device(device)
     file = data is not None and data.lower() not in datasets.NAMES
@@ -389,6 +395,7 @@ def evaluate(run, data, data_dir, split, as_json, device, iw_samples):
         raise click.ClickException(f"'{run}' is a vi run (target {config.target}): it was fitted to a density, "
                                    "not to data; its metrics.json holds the ELBO and log Z")
     flow.to(device)
+    iw_samples = iw_samples or (16 if config.dequantization == "variational" else None)
     if file:
         if config.data.space != "data":
             raise click.ClickException(f"the model in '{run}' is fitted in the {config.data.space} space of "

@@ -102,8 +102,9 @@ class Metrics:
     log-det estimators of the flow's residual blocks in evaluation mode ("exact", or a
     stochastic one for large D), None for flows whose ladj is in closed form. ``iw_*`` give the
     importance-weighted estimate of log P(pixels) with ``iw_samples`` samples (data space, nats
-    and bits/dim) and ``dequantization`` its q: "variational" for a flow under variational
-    dequantization, whose log-likelihoods are then its ELBO (a bound), "uniform" for uniform noise.
+    and bits/dim). ``dequantization`` says how data of ``levels`` levels in the data space were
+    dequantized: "variational" for a flow under variational dequantization, whose log-likelihoods
+    are then its ELBO (a bound) and whose q the estimate uses, "uniform" for uniform noise.
     """
 
     log_likelihood_nats: float
@@ -147,11 +148,11 @@ def measure_rows(flow: Flow, rows: Tensor, space: str = "data", to_data=None, le
     in nats; in the data space too when ``to_data`` (a transform reference -> data, see
     :class:`~pushforward.data.DataSet`) is given, and bits/dim for ``levels``-level data.
 
-    The importance-weighted estimate of log P(pixels) (``iw_*``) is added for a
-    :class:`~pushforward.dequantization.VariationalDequantization`, whose log-likelihood is
-    the dequantization ELBO, with ``iw_samples`` samples (16 when None); and, when
-    ``iw_samples`` is given, for any flow of ``levels``-level data in the data space, with
-    uniform noise as q (:class:`~pushforward.dequantization.UniformDequantizer`).
+    With ``iw_samples`` K, for ``levels``-level data in the data space, the importance-weighted
+    estimate of log P(pixels) with K samples (``iw_*``) is added: with the learned q of a
+    :class:`~pushforward.dequantization.VariationalDequantization` (whose log-likelihood is the
+    dequantization ELBO), else with uniform noise as q
+    (:class:`~pushforward.dequantization.UniformDequantizer`). It costs K evaluations per example.
 
     Shapes: rows (N, D), N >= 1.
 
@@ -172,12 +173,13 @@ def measure_rows(flow: Flow, rows: Tensor, space: str = "data", to_data=None, le
             per_dim = rows[0].numel() * math.log(2)
             m.bits_per_dim, m.bits_per_dim_stderr = -dat.mean / per_dim, dat.stderr / per_dim
     variational = isinstance(flow, VariationalDequantization)
-    if variational or (iw_samples and levels and to_data is None):
-        model = flow if variational else VariationalDequantization(flow, UniformDequantizer(len(flow.event_shape)), levels)
-        iw = Evaluation.of(importance_weighted_log_likelihoods(model, rows, iw_samples or 16, batch_size))
-        m.iw_samples, m.iw_log_likelihood_nats, m.iw_stderr_nats = iw_samples or 16, iw.mean, iw.stderr
-        m.iw_bits_per_dim = -iw.mean / (rows[0].numel() * math.log(2))
+    if levels and to_data is None:
         m.dequantization = "variational" if variational else "uniform"
+    if iw_samples and m.dequantization:
+        model = flow if variational else VariationalDequantization(flow, UniformDequantizer(len(flow.event_shape)), levels)
+        iw = Evaluation.of(importance_weighted_log_likelihoods(model, rows, iw_samples, batch_size))
+        m.iw_samples, m.iw_log_likelihood_nats, m.iw_stderr_nats = iw_samples, iw.mean, iw.stderr
+        m.iw_bits_per_dim = -iw.mean / (rows[0].numel() * math.log(2))
     return m
 
 
