@@ -90,6 +90,8 @@ def test_slerp_interpolates_unequal_norms_linearly_and_stays_on_the_great_circle
     torch.testing.assert_close(mid, 3.0 * torch.tensor([1.0, 1.0], dtype=torch.float64) / math.sqrt(2))
     parallel = latent.slerp(z_a, 3 * z_a, torch.tensor([0.5]))[0]
     torch.testing.assert_close(parallel, 2 * z_a)
+    opposite = latent.slerp(z_a, -z_a, torch.tensor([0.25]))[0]
+    torch.testing.assert_close(opposite, z_a / 2)
 
 
 def test_slerp_over_image_codes():

@@ -23,6 +23,7 @@ take batches (N, *event) unless they say otherwise.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -41,8 +42,8 @@ def slerp(z_a: Tensor, z_b: Tensor, t: Tensor, event_dims: int = 1) -> Tensor:
 
     z_t = ((1 - t) |z_a| + t |z_b|) (sin((1 - t) omega) a + sin(t omega) b) / sin(omega), with
     a, b the unit vectors of z_a, z_b (norms over the ``event_dims`` trailing dimensions) and
-    omega their angle; where omega is below 1e-6 (parallel codes) the linear interpolation
-    (1 - t) z_a + t z_b. Codes of equal norm keep it along the whole path (the norm of a
+    omega their angle; where omega is within 1e-6 of 0 or pi (parallel or opposite codes, whose
+    great circle is not defined by them) the linear interpolation (1 - t) z_a + t z_b. Codes of equal norm keep it along the whole path (the norm of a
     standard normal code is concentrated near sqrt(D); the linear path's midpoint is shorter),
     and z_0 = z_a, z_1 = z_b exactly.
 
@@ -63,7 +64,7 @@ def slerp(z_a: Tensor, z_b: Tensor, t: Tensor, event_dims: int = 1) -> Tensor:
     cos = ((z_a * z_b).flatten(z_a.dim() - event_dims).sum(-1) / (norm_a * norm_b)).clamp(-1, 1)
     omega = torch.acos(cos).nan_to_num(0.0)  # a zero code has no direction: linear
     omega, norm_a, norm_b = (v.reshape(*v.shape, *[1] * event_dims) for v in (omega, norm_a, norm_b))
-    parallel = omega < 1e-6
+    parallel = (omega < 1e-6) | (omega > math.pi - 1e-6)
     safe = torch.where(parallel, torch.ones_like(omega), omega)
     t_omega = t * safe
     # sin((1 - t) omega) as sin(omega - t omega) keeps t = 0 exact; at t = 1 it is sin(0) = 0
