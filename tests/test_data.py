@@ -21,6 +21,7 @@ from pushforward.data import (
     TOYS,
     DataError,
     DataSet,
+    binarized_mnist,
     bsds300,
     digits,
     from_file,
@@ -252,6 +253,25 @@ def test_mnist_images_on_small_idx_files(tmp_path):
     assert torch.equal(mnist_images(tmp_path, seed=4).test, data.test)
     assert not torch.equal(mnist_images(tmp_path, seed=5).test, data.test)
     np.testing.assert_array_equal(mnist_labels(tmp_path, "valid", images=True), arrays["train-labels-idx1-ubyte"][11:])
+
+
+def test_binarized_mnist_split_and_fixed_test_bits(tmp_path):
+    arrays = write_mnist(tmp_path / "mnist", n_train=60)
+    data = binarized_mnist(tmp_path)
+    assert data.train.shape == (50, 20) and data.valid.shape == (10, 20) and data.test.shape == (6, 20)
+    assert data.image_shape == (1, 4, 5) and data.features == 20
+    pixels = torch.from_numpy(arrays["train-images-idx3-ubyte"][:50].reshape(50, 20)).float()
+    torch.testing.assert_close(data.train * 255, pixels)
+    assert set(data.test.unique().tolist()) <= {0.0, 1.0} and set(data.valid.unique().tolist()) <= {0.0, 1.0}
+    torch.testing.assert_close(binarized_mnist(tmp_path).test, data.test)
+    assert not torch.equal(binarized_mnist(tmp_path, seed=1).test, data.test)
+
+
+@pytest.mark.skipif(MNIST_DIR is None, reason="MNIST files absent")
+def test_binarized_mnist_real_files():
+    data = binarized_mnist(MNIST_DIR)
+    assert (len(data.train), len(data.valid), len(data.test)) == (50_000, 10_000, 10_000)
+    assert data.features == 784 and abs(float(data.test.mean()) - 0.13) < 0.01
 
 
 def test_fashion_mnist_is_mnist_by_another_name(tmp_path):

@@ -4,7 +4,6 @@ import gzip
 import json
 import math
 import struct
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,12 +11,11 @@ import torch
 from click.testing import CliRunner
 
 from pushforward import vae
+from pushforward.data import BinaryImages
 from pushforward.cli_vi import vae as vae_command
 from pushforward import testing
+from cli_helpers import invoke, tensorboard_scalars
 from pushforward.testing import perturb
-
-MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
-
 
 def tiny(posterior="gaussian", **kwargs):
     model = vae.VAE(12, 3, posterior, hidden_features=(10, 6), transforms=2, flow_hidden_features=(8,), columns=2,
@@ -93,7 +91,7 @@ def test_fit_vae_improves_the_validation_elbo():
     torch.manual_seed(0)
     prototypes = torch.rand(3, 16).round()
     grey = (0.9 * prototypes[torch.randint(0, 3, (300,))] + 0.05).float()
-    data = vae.BinaryImages(grey, torch.bernoulli(grey[:60]), torch.bernoulli(grey[:60]), (1, 4, 4))
+    data = BinaryImages(grey, torch.bernoulli(grey[:60]), torch.bernoulli(grey[:60]), (1, 4, 4))
     model = vae.VAE(16, 2, "planar", hidden_features=(16,), transforms=2)
     model.init_decoder_bias(grey.mean(0))
     start = vae._neg_elbo(model, data.valid, 100, "cpu")
@@ -119,21 +117,6 @@ def fake_mnist(tmp_path):
     return folder
 
 
-def test_binarized_mnist_split_and_fixed_test_bits(fake_mnist):
-    data = vae.binarized_mnist(fake_mnist)
-    assert data.train.shape == (50, 36) and data.valid.shape == (10, 36) and data.test.shape == (12, 36)
-    assert data.image_shape == (1, 6, 6) and 0 <= float(data.train.min()) and float(data.train.max()) <= 1
-    assert set(data.test.unique().tolist()) <= {0.0, 1.0}
-    torch.testing.assert_close(vae.binarized_mnist(fake_mnist).test, data.test)
-
-
-@pytest.mark.skipif(not (MNIST / "t10k-images-idx3-ubyte.gz").is_file(), reason="MNIST files absent")
-def test_binarized_mnist_real_files():
-    data = vae.binarized_mnist(MNIST)
-    assert (len(data.train), len(data.valid), len(data.test)) == (50_000, 10_000, 10_000)
-    assert data.features == 784 and abs(float(data.test.mean()) - 0.13) < 0.01
-
-
 def test_cli_vae_end_to_end(fake_mnist, tmp_path):
     out = tmp_path / "run"
     args = ["--posterior", "sylvester-orthogonal", "--data-dir", fake_mnist, "--latent", "4", "--hidden-features", "16",
@@ -151,3 +134,15 @@ def test_cli_vae_end_to_end(fake_mnist, tmp_path):
     assert again.exit_code == 1 and "already holds a run" in again.output
     missing = CliRunner().invoke(vae_command, ["--data-dir", str(tmp_path / "none"), "--out", str(tmp_path / "m")])
     assert missing.exit_code == 1 and not (tmp_path / "m").exists()
+
+
+def test_cli_vae_logs_to_tensorboard(fake_mnist, tmp_path):
+    args = ["--data-dir", fake_mnist, "--latent", "2", "--hidden-features", "8", "--epochs", "2", "--batch-size", "25",
+            "--iw-samples", "2", "--test-examples", "2", "--quiet", "--json", "--tensorboard", tmp_path / "tb",
+            "--out", tmp_path / "run"]
+    invoke(vae_command, *args)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["tensorboard"] == str(tmp_path / "tb")
+    history = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]
+    logged = tensorboard_scalars(tmp_path / "tb")
+    for key in ("train_loss", "valid_neg_elbo", "beta"):
+        assert logged[key] == [(2 * h["epoch"], pytest.approx(h[key], rel=1e-6)) for h in history], key

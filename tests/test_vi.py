@@ -12,7 +12,7 @@ from pushforward.cli_vi import vi as vi_command
 from pushforward.core import Chain, Flow
 from pushforward.distributions import DiagNormal, StandardNormal
 from pushforward.transforms.elementwise import AffineMap, Elementwise
-from cli_helpers import invoke
+from cli_helpers import invoke, tensorboard_scalars
 
 U1_LOG_Z = 1.8775
 
@@ -237,6 +237,17 @@ def test_cli_vi_writes_a_run_folder(tmp_path):
     flow.load_state_dict(torch.load(out / "model.pt", weights_only=True))
     assert "history" in json.loads((out / "metrics.json").read_text())
     assert run("--target", "u2", "--out", out, ok=False).exit_code == 1  # refuses to overwrite
+
+
+def test_cli_vi_logs_to_tensorboard(tmp_path):
+    run("--target", "u1", "--flow", "planar", "--transforms", "2", "--steps", "20", "--samples", "16",
+        "--log-z-samples", "100", "--quiet", "--tensorboard", tmp_path / "tb", "--out", tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["vi"]["tensorboard"] == str(tmp_path / "tb")
+    history = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"]
+    logged = tensorboard_scalars(tmp_path / "tb")
+    assert logged["elbo"] == [(h["step"], pytest.approx(h["elbo"], rel=1e-6)) for h in history]
+    assert [v for _, v in logged["train_loss"]] == pytest.approx([-h["objective"] for h in history], rel=1e-6)
+    assert len(logged["train_loss_step"]) == 20 and logged["lr"][-1][1] == pytest.approx(0, abs=1e-9)
 
 
 def test_cli_vi_user_target_and_errors(tmp_path):

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
 import sys
 import time
 from dataclasses import asdict
@@ -31,8 +30,8 @@ from .config import DataConfig, FitConfig, VaeConfig, ViConfig, read_config, val
 from .data.base import to_tensor
 from .experiment import (CHECKPOINT, METRICS, build_flow, gaussian_baseline, load_run, measure, measure_rows,
                          save_run, standardisation, write_json)
-from .cli_common import (IMAGE_SIZE, SIZES, check_output_file, fresh_out, number, one_line_errors, preset_kwargs, run_options,
-                         torch_device)
+from .cli_common import (IMAGE_SIZE, SIZES, absolute, check_output_file, fresh_out, number, one_line_errors, preset_kwargs,
+                         run_options, tensorboard_option, torch_device)
 from .runs import RunFolder
 from .cli_latent import interpolate, manipulate
 from .cli_vi import vae, vi
@@ -176,12 +175,13 @@ def main():
                    "takes batch-size / nproc examples. Under torchrun, leave it out.")
 @click.option("--resume", type=click.Path(file_okay=False), default=None,
               help="Continue the interrupted or finished run in this folder with its own settings: "
-                   "--epochs and --max-minutes may be changed, other training options are refused.")
+                   "--epochs, --max-minutes and --tensorboard may be changed, other training options are refused.")
+@tensorboard_option
 @one_line_errors
 def fit(data, data_dir, test_file, flow_name, transforms, hidden_features, bins, autoregressive, normalization,
         levels, steps, hidden_channels, blocks, convolution, additive, trace, rtol, atol, kinetic, jacobian, adjoint,
-        image_size, dequantization, epochs, batch_size, lr, weight_decay, schedule, clip_grad, patience, max_minutes, seed, float64, compiled,
-        device, threads, nproc, out, overwrite, resume, as_json, quiet):
+        image_size, dequantization, epochs, batch_size, lr, weight_decay, schedule, clip_grad, patience, max_minutes, seed,
+        float64, compiled, device, threads, nproc, out, overwrite, resume, as_json, quiet, tensorboard):
     """Train a flow by maximum likelihood and write a run folder.
 
     The folder holds config.json (rebuilds the model), model.pt (the best-validation weights,
@@ -210,7 +210,8 @@ def fit(data, data_dir, test_file, flow_name, transforms, hidden_features, bins,
         if not (out / CHECKPOINT).is_file():
             raise click.ClickException(f"'{out}' holds no checkpoint.pt to resume from")
         config = config.model_dump(mode="json")
-        config["train"].update({k: v for k, v in (("epochs", epochs), ("max_minutes", max_minutes))
+        config["train"].update({k: v for k, v in (("epochs", epochs), ("max_minutes", max_minutes),
+                                                  ("tensorboard", absolute(tensorboard)))
                                 if click.get_current_context().get_parameter_source(k).name != "DEFAULT"})
     else:
         if dequantization != "uniform" and flow_name not in IMAGE_PRESETS:
@@ -224,8 +225,8 @@ def fit(data, data_dir, test_file, flow_name, transforms, hidden_features, bins,
             "jacobian": jacobian, "adjoint": adjoint})
         config = {
             "flow": flow_name, "flow_kwargs": kwargs, "dequantization": dequantization,
-            "data": {"name": _absolute_data(data), "display": data, "data_dir": _absolute(data_dir), "seed": seed,
-                     "test_path": _absolute(test_file),
+            "data": {"name": _absolute_data(data), "display": data, "data_dir": absolute(data_dir), "seed": seed,
+                     "test_path": absolute(test_file),
                      # a folder holds images, which only image flows take (digits and mnist are
                      # rows for the vector flows, as in the MAF paper)
                      "images": flow_name in IMAGE_PRESETS or Path(data).expanduser().is_dir(),
@@ -233,7 +234,8 @@ def fit(data, data_dir, test_file, flow_name, transforms, hidden_features, bins,
             "train": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
                       "schedule": None if schedule == "none" else schedule, "clip_grad": clip_grad,
                       "patience": patience, "max_minutes": max_minutes, "seed": seed,
-                      "dtype": "float64" if float64 else "float32", "compile": compiled},
+                      "dtype": "float64" if float64 else "float32", "compile": compiled,
+                      "tensorboard": absolute(tensorboard)},
         }
     validate_config(config, "the options")
     batch = config["train"]["batch_size"]
@@ -262,7 +264,7 @@ def fit(data, data_dir, test_file, flow_name, transforms, hidden_features, bins,
 
 
 # What `fit --resume` may change; every other option is the run's own (config.json).
-_RESUME_OPTIONS = ("epochs", "max_minutes", "device", "threads", "nproc", "as_json", "quiet", "resume")
+_RESUME_OPTIONS = ("epochs", "max_minutes", "tensorboard", "device", "threads", "nproc", "as_json", "quiet", "resume")
 
 
 def _refuse_options_fixed_by_the_run() -> None:
@@ -273,20 +275,17 @@ def _refuse_options_fixed_by_the_run() -> None:
     if fixed:
         names = ", ".join(p.opts[-1] if p.name != "compiled" else "--compile" for p in fixed)
         raise click.UsageError(f"--resume continues the run with its own settings and cannot change {names}; "
-                               "it takes --epochs, --max-minutes, --device, --threads, --nproc, --json and --quiet")
+                               "it takes --epochs, --max-minutes, --tensorboard, --device, --threads, --nproc, --json "
+                               "and --quiet")
 
 
 def _kind(config) -> str:
     return "vi" if isinstance(config, ViConfig) else "vae" if isinstance(config, VaeConfig) else "fit"
 
 
-def _absolute(path: str | None) -> str | None:
-    return None if path is None else os.path.abspath(os.path.expanduser(path))
-
-
 def _absolute_data(data: str) -> str:
     """A data file's absolute path (so that the run works from any folder); a built-in name as it is."""
-    return data if data.lower() in datasets.NAMES else _absolute(data)
+    return data if data.lower() in datasets.NAMES else absolute(data)
 
 
 def _fit_job(job: dict) -> str:
@@ -328,7 +327,8 @@ def _fit_job(job: dict) -> str:
                           seed=tc["seed"], dtype=getattr(torch, tc["dtype"]), device=job["device"],
                           progress=not job["quiet"], verbose=not as_json,
                           checkpoint=run.file(CHECKPOINT) if lead else out / CHECKPOINT, resume=resume,
-                          compile=tc.get("compile", False), on_checkpoint=run.publish if lead else None)
+                          compile=tc.get("compile", False), on_checkpoint=run.publish if lead else None,
+                          tensorboard_dir=tc.get("tensorboard"))
         if not lead:
             return result.stopped
         run.publish()
@@ -499,9 +499,7 @@ def _sample_png(x: torch.Tensor, data: DataConfig | None, output: str) -> None:
     if data is not None and data.image_shape:
         plots.image_grid(x, tuple(data.image_shape), data.levels or 256, output)
         return
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig, ax = plots.subplots(figsize=(5, 5))
     ax.scatter(x[:, 0].numpy(), x[:, 1 % x.shape[1]].numpy(), s=2)
     plots.save_figure(fig, output)
 

@@ -8,6 +8,7 @@ folder and take the same run options, declared once here by :func:`run_options`.
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 
 import click
@@ -18,7 +19,7 @@ from .flows import preset_options
 from .runs import check_out
 from .transforms.numerical import ConvergenceError
 
-__all__ = ["one_line_errors", "run_options", "number", "SIZES", "IMAGE_SIZE", "fresh_out", "check_output_file", "torch_device", "preset_kwargs",
+__all__ = ["one_line_errors", "run_options", "tensorboard_option", "number", "SIZES", "IMAGE_SIZE", "fresh_out", "check_output_file", "torch_device", "preset_kwargs",
            "stacked"]
 
 
@@ -111,6 +112,19 @@ def stacked(options: list):
         return command
 
     return decorate
+
+
+def tensorboard_option(command):
+    """Decorator adding ``--tensorboard DIR`` (parameter ``tensorboard``): the folder that the
+    training engine writes TensorBoard scalars to (:func:`pushforward.engine.train`)."""
+    return click.option("--tensorboard", type=click.Path(file_okay=False), default=None,
+                        help="Log training scalars (loss, validation figure, learning rate, seconds, NFE) to this "
+                             "folder for TensorBoard; watch with: tensorboard --logdir DIR.")(command)
+
+
+def absolute(path: str | None) -> str | None:
+    """``path`` made absolute (``~`` expanded), so that a run's config works from any folder; None as it is."""
+    return None if path is None else os.path.abspath(os.path.expanduser(path))
 
 
 def fresh_out(out: str | Path | None, default: str, overwrite: bool) -> Path:

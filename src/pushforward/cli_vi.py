@@ -17,14 +17,15 @@ from pathlib import Path
 import click
 import torch
 
-from .cli_common import SIZES, fresh_out, number, one_line_errors, preset_kwargs, run_options, torch_device
+from .atomic import save_atomic
+from .cli_common import (SIZES, absolute, fresh_out, number, one_line_errors, preset_kwargs, run_options,
+                         tensorboard_option, torch_device)
 from .checks import check_memory, training_memory
 from .config import validate_config
 from .experiment import METRICS, save_run, write_json
 from .runs import RunFolder
 from .flows import PRESETS
 from .targets import TARGETS, Target, get_target, grid_log_z
-from .train import save_atomic
 
 __all__ = ["vi", "vae"]
 
@@ -65,10 +66,11 @@ def _emit(metrics: dict, as_json: bool, line: str) -> None:
 @click.option("--seed", type=number("seed"), default=0, show_default=True, help="Seed of the weights and the samples.")
 @click.option("--float64", is_flag=True, help="Fit in float64 instead of float32.")
 @run_options("runs/vi-TARGET-FLOW")
+@tensorboard_option
 @one_line_errors
 def vi(target_spec, dim, flow_name, transforms, hidden_features, bins, autoregressive, steps, samples, lr, schedule,
        anneal_steps, beta0, stl, clip_grad, max_minutes, log_z_samples, seed, float64, device, threads, out, overwrite,
-       as_json, quiet):
+       as_json, quiet, tensorboard):
     """Fit a flow q to an unnormalized density by maximising the ELBO; estimate log Z.
 
     The run folder holds config.json, model.pt (q's weights), metrics.json (the ELBO and the
@@ -92,7 +94,8 @@ def vi(target_spec, dim, flow_name, transforms, hidden_features, bins, autoregre
         "target": target_spec, "dim": target.dim, "flow": flow_name, "flow_kwargs": kwargs, "features": target.dim,
         "vi": {"steps": steps, "samples": samples, "lr": lr, "schedule": None if schedule == "none" else schedule,
                "anneal_steps": anneal_steps, "beta0": beta0, "stl": stl, "clip_grad": clip_grad,
-               "max_minutes": max_minutes, "seed": seed, "dtype": str(dtype).removeprefix("torch.")},
+               "max_minutes": max_minutes, "seed": seed, "dtype": str(dtype).removeprefix("torch."),
+               "tensorboard": absolute(tensorboard)},
     }
     validate_config(config, "the options")
     check_memory(f"fitting this {flow_name} flow to a {target.dim}-dimensional target",
@@ -105,7 +108,7 @@ def vi(target_spec, dim, flow_name, transforms, hidden_features, bins, autoregre
         c = config["vi"]
         result = fit_vi(flow, target.log_prob, steps=steps, samples=samples, lr=lr, beta0=beta0,
                         anneal_steps=anneal_steps, stl=stl, schedule=c["schedule"], clip_grad=clip_grad,
-                        max_minutes=max_minutes, seed=seed, progress=not quiet)
+                        max_minutes=max_minutes, seed=seed, progress=not quiet, tensorboard_dir=c["tensorboard"])
         estimate = estimate_log_z(flow, target.log_prob, log_z_samples)
         save_atomic(flow.state_dict(), run.path / "model.pt")
         metrics = _vi_metrics(target, flow_name, estimate, result, out)
@@ -133,10 +136,9 @@ def _vi_metrics(target: Target, flow_name: str, estimate, result, out: Path) -> 
 
 def _vi_plots(out: Path, flow, target: Target, history: list[dict]) -> None:
     from . import plots
-    import matplotlib.pyplot as plt
 
     if history:
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, ax = plots.subplots()
         ax.plot([h["step"] for h in history], [h["elbo"] for h in history], label="ELBO (beta = 1)")
         if target.log_z is not None:
             ax.axhline(target.log_z, color="k", ls="--", lw=1, label="reference log Z")
@@ -156,8 +158,6 @@ def _density_png(flow, target: Target, path: Path, resolution: int = 200, sample
     density needs its inverse, and is left out (with a note) where that fails to converge.
     """
     from . import plots
-    import matplotlib.pyplot as plt
-
     from .transforms.numerical import ConvergenceError
 
     box = target.box
@@ -180,7 +180,7 @@ def _density_png(flow, target: Target, path: Path, resolution: int = 200, sample
             log_q = None
         x = flow.sample((samples,)).double().cpu()
     extent = (x0, x1, y0, y1)
-    fig, axes = plt.subplots(1, 3, figsize=(15, 5))
+    fig, axes = plots.subplots(1, 3, figsize=(15, 5))
     axes[0].imshow(log_p.exp().reshape(resolution, resolution).numpy(), origin="lower", extent=extent, aspect="auto")
     axes[0].set_title(f"target {target.name}")
     if log_q is not None:
@@ -238,10 +238,11 @@ def _posterior_names() -> list[str]:
               help="Evaluate on the first N test images only (default: all 10,000).")
 @click.option("--seed", type=number("seed"), default=0, show_default=True, help="Seed of the weights, batches and binarization.")
 @run_options("runs/vae-POSTERIOR", json_help="Print the test metrics as one JSON line.")
+@tensorboard_option
 @one_line_errors
 def vae(posterior, data_dir, latent, hidden_features, context_features, transforms, flow_hidden_features, columns,
         reflections, prior, prior_transforms, epochs, batch_size, lr, warmup, patience, clip_grad, max_minutes,
-        iw_samples, test_examples, seed, device, threads, out, overwrite, as_json, quiet):
+        iw_samples, test_examples, seed, device, threads, out, overwrite, as_json, quiet, tensorboard):
     """Train a VAE with a flow posterior on dynamically binarized MNIST; report test -ELBO and -log p(x).
 
     The run folder holds config.json, model.pt (the best-validation weights), metrics.json
@@ -250,12 +251,13 @@ def vae(posterior, data_dir, latent, hidden_features, context_features, transfor
     samples).
     """
     from . import vae as vae_lib
+    from .data import binarized_mnist
 
     device = torch_device(device)
     if threads:
         torch.set_num_threads(threads)
     out = fresh_out(out, f"vae-{posterior}", overwrite)
-    data = vae_lib.binarized_mnist(data_dir, seed)
+    data = binarized_mnist(data_dir, seed)
     model_kwargs = {"features": data.features, "latent": latent, "posterior": posterior,
                     "hidden_features": list(hidden_features), "context_features": context_features,
                     "transforms": transforms, "flow_hidden_features": list(flow_hidden_features),
@@ -264,7 +266,8 @@ def vae(posterior, data_dir, latent, hidden_features, context_features, transfor
     config = {"model": model_kwargs, "data": {"name": "binarized-mnist", "data_dir": data_dir, "seed": seed,
                                               "image_shape": list(data.image_shape)},
               "train": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "warmup": warmup, "patience": patience,
-                        "clip_grad": clip_grad, "max_minutes": max_minutes, "seed": seed}}
+                        "clip_grad": clip_grad, "max_minutes": max_minutes, "seed": seed,
+                        "tensorboard": absolute(tensorboard)}}
     validate_config(config, "the options")
     torch.manual_seed(seed)
     model = vae_lib.VAE(**model_kwargs)
@@ -277,7 +280,8 @@ def vae(posterior, data_dir, latent, hidden_features, context_features, transfor
 
         result = vae_lib.fit_vae(model, data, epochs=epochs, batch_size=batch_size, lr=lr, warmup=warmup,
                                  patience=patience, max_minutes=max_minutes, seed=seed, clip_grad=clip_grad,
-                                 device=device, progress=not quiet, verbose=not as_json, on_best=on_best)
+                                 device=device, progress=not quiet, verbose=not as_json, on_best=on_best,
+                                 tensorboard_dir=config["train"]["tensorboard"])
         test = data.test if test_examples is None else data.test[:test_examples]
         torch.manual_seed(seed)
         evaluation = vae_lib.evaluate_vae(model, test, iw_samples, progress=not quiet)
@@ -299,10 +303,9 @@ def vae(posterior, data_dir, latent, hidden_features, context_features, transfor
 
 def _vae_plots(out: Path, model, data, history: list[dict]) -> None:
     from . import plots
-    import matplotlib.pyplot as plt
 
     if history:
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, ax = plots.subplots()
         epochs = [h["epoch"] for h in history]
         ax.plot(epochs, [h["train_loss"] for h in history], label="train loss (warmed-up -ELBO)")
         ax.plot(epochs, [h["valid_neg_elbo"] for h in history], label="validation -ELBO")

@@ -16,7 +16,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 from .checks import RANGES
 
-__all__ = ["DataConfig", "TrainConfig", "FitConfig", "ViConfig", "VaeConfig", "read_config", "validate_config"]
+__all__ = ["DataConfig", "TrainConfig", "Settings", "FitConfig", "ViConfig", "VaeConfig", "read_config", "validate_config"]
 
 
 def _ranged(name: str, kind: type) -> Any:
@@ -65,6 +65,14 @@ class TrainConfig(_Schema):
     seed: _ranged("seed", int) = 0
     dtype: Literal["float32", "float64"] = "float32"
     compile: bool = False
+    tensorboard: str | None = None  # the folder of TensorBoard events, absolute
+
+
+class Settings(_Schema):
+    """The training settings of a ``vi`` or ``vae`` run: the arguments of its fit, kept as given,
+    and the folder of its TensorBoard events (absolute), if it logged any."""
+
+    tensorboard: str | None = None
 
 
 class FitConfig(_Schema):
@@ -87,7 +95,7 @@ class ViConfig(_Schema):
     flow: str
     flow_kwargs: dict[str, Any]
     features: _ranged("features", int)
-    vi: dict[str, Any]
+    vi: Settings
 
 
 class VaeConfig(_Schema):
@@ -96,7 +104,7 @@ class VaeConfig(_Schema):
 
     model: dict[str, Any]
     data: dict[str, Any]
-    train: dict[str, Any]
+    train: Settings
 
 
 def _kind(raw: dict) -> type[_Schema]:

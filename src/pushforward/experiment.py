@@ -26,7 +26,8 @@ from .data import DataSet
 from .dequantization import (UniformDequantizer, VariationalDequantization, dequantized,
                              importance_weighted_log_likelihoods)
 from .flows import IMAGE_PRESETS, PRESETS
-from .train import Evaluation, atomic_write, log_likelihoods, save_atomic
+from .atomic import atomic_write, save_atomic
+from .train import Evaluation, log_likelihoods
 from .transforms.elementwise import Affine
 from .transforms.linear import LowerTriangular
 from .transforms.residual import log_det_estimators
@@ -184,7 +185,7 @@ def measure_rows(flow: Flow, rows: Tensor, space: str = "data", to_data=None, le
 
 
 def write_json(obj: dict, path: str | os.PathLike) -> None:
-    """Write ``obj`` as indented JSON atomically (:func:`~pushforward.train.atomic_write`).
+    """Write ``obj`` as indented JSON atomically (:func:`~pushforward.atomic.atomic_write`).
 
     Raises:
         OSError: if the file cannot be written (the old one is kept, the temporary one removed).

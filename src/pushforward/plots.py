@@ -1,40 +1,45 @@
-r"""PNG figures of a run: learning curve, 2-D density beside the data, and image sample grids."""
+r"""PNG figures of a run: learning curve, 2-D density beside the data, and image sample grids.
+
+Figures are :class:`matplotlib.figure.Figure` objects made without pyplot, so that importing
+this module leaves matplotlib's backend (and a user's interactive session) alone.
+"""
 
 from __future__ import annotations
 
 import math
 import os
 
-import matplotlib
+import matplotlib.image
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import Tensor  # noqa: E402
+from .atomic import atomic_write
+from .core import Flow
 
-from .core import Flow  # noqa: E402
-from .train import atomic_write  # noqa: E402
-
-__all__ = ["learning_curve", "density_2d", "image_grid", "save_figure"]
+__all__ = ["learning_curve", "density_2d", "image_grid", "save_figure", "subplots"]
 
 
-def save_figure(fig, path: str | os.PathLike, dpi: int = 100) -> None:
-    """Save ``fig`` as a PNG through :func:`~pushforward.train.atomic_write` and close it.
+def subplots(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (6, 4)):
+    """A new figure (not registered with pyplot) and its axes, as ``pyplot.subplots`` returns them."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols)
+
+
+def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 100) -> None:
+    """Save ``fig`` as a PNG through :func:`~pushforward.atomic.atomic_write`.
 
     Raises:
         OSError: naming ``path`` if it cannot be written (an old file there is kept).
     """
-    try:
-        atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
-    finally:
-        plt.close(fig)
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
 
 
 def learning_curve(history: list[dict], path: str | os.PathLike) -> None:
     """Plot the training loss and the validation log-likelihood (nats) per epoch."""
     epochs = [h["epoch"] for h in history]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = subplots()
     ax.plot(epochs, [-h["train_loss"] for h in history], label="train log-likelihood")
     ax.plot(epochs, [h["valid_log_likelihood"] for h in history], label="validation log-likelihood")
     ax.set_xlabel("epoch")
@@ -60,7 +65,7 @@ def density_2d(flow: Flow, data: Tensor, path: str | os.PathLike, resolution: in
     with torch.no_grad():
         density = flow.log_prob(grid.to(param)).exp().reshape(resolution, resolution).cpu()
     extent = (float(lo[0]), float(hi[0]), float(lo[1]), float(hi[1]))
-    fig, axes = plt.subplots(1, 2, figsize=(10, 5))
+    fig, axes = subplots(1, 2, figsize=(10, 5))
     axes[0].hist2d(data[:, 0].numpy(), data[:, 1].numpy(), bins=resolution // 2, range=[extent[:2], extent[2:]])
     axes[0].set_title("data")
     axes[1].imshow(density.numpy(), origin="lower", extent=extent, aspect="auto")
@@ -89,4 +94,4 @@ def image_grid(images: Tensor, image_shape: tuple[int, ...], levels: int, path: 
         canvas[r * (h + 1) : r * (h + 1) + h, k * (w + 1) : k * (w + 1) + w] = pixels[i]
     zoom = max(1, 512 // max(canvas.shape[:2]))  # small images (8 x 8 digits) enlarged, pixels kept sharp
     canvas = canvas.repeat(zoom, 0).repeat(zoom, 1)
-    atomic_write(path, lambda f: plt.imsave(f, canvas, format="png"))
+    atomic_write(path, lambda f: matplotlib.image.imsave(f, canvas, format="png"))

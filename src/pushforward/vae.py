@@ -15,20 +15,19 @@ S = 5000 samples (Burda et al. 2016), as van den Berg et al. 2018 (table 1) repo
 
 Posteriors (:data:`POSTERIORS`): "gaussian" (no flow), "planar", "iaf", "householder",
 "ccliaf" (convex-combination linear IAF), "sylvester-orthogonal", "sylvester-householder",
-"sylvester-triangular".
+"sylvester-triangular". The data: :func:`pushforward.data.binarized_mnist`; the training
+loop: :func:`pushforward.engine.train`.
 """
 
 from __future__ import annotations
 
-import copy
 import math
+import os
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -37,13 +36,15 @@ from tqdm.auto import tqdm
 from .checks import check_arguments
 from .config import VaeConfig, read_config
 from .core import Chain, Flow
+from .data.images import BinaryImages
+from .engine import Loss, Step, Validation, train
 from .distributions import StandardNormal
 from .flows import IAF, PRESETS, HouseholderFlow, PlanarFlow, SylvesterFlow
 from .transforms.elementwise import AffineMap, Elementwise
 from .transforms.linear import ConvexCombinationTriangular
 
-__all__ = ["VAE", "POSTERIORS", "posterior_flow", "BinaryImages", "binarized_mnist", "fit_vae", "VAEFitResult",
-           "evaluate_vae", "VAEEvaluation", "load_vae"]
+__all__ = ["VAE", "POSTERIORS", "posterior_flow", "fit_vae", "VAEFitResult", "evaluate_vae", "VAEEvaluation",
+           "load_vae"]
 
 POSTERIORS = ("gaussian", "planar", "iaf", "householder", "ccliaf", "sylvester-orthogonal", "sylvester-householder",
               "sylvester-triangular")
@@ -212,54 +213,6 @@ class VAE(nn.Module):
             return torch.sigmoid(self.decoder(self.prior.sample((n,))))
 
 
-# --- data ----------------------------------------------------------------------------------
-
-@dataclass
-class BinaryImages:
-    r"""Binary image data: ``train`` holds grey levels in [0, 1], binarized anew at every
-    mini-batch (dynamic binarization, x ~ Bernoulli(grey)); ``valid`` and ``test`` are
-    binarized once, with a fixed seed, so every model sees the same test bits.
-
-    Shapes: train (N_train, D) float32 in [0, 1]; valid, test (N, D) float32 in {0, 1};
-    image_shape (C, H, W).
-    """
-
-    train: Tensor
-    valid: Tensor
-    test: Tensor
-    image_shape: tuple[int, int, int]
-
-    @property
-    def features(self) -> int:
-        return self.train.shape[1]
-
-
-def binarized_mnist(data_dir: str | Path, seed: int = 0) -> BinaryImages:
-    r"""Dynamically binarized MNIST from the four IDX files of ``data_dir``.
-
-    Split as :func:`pushforward.data.mnist`: train = the first 50,000 training images,
-    valid = the last 10,000 (in general the last min(10,000, N // 6)), test = the 10,000
-    t10k images. Grey levels are pixel / 255; valid and test are binarized once by
-    torch.bernoulli with a generator seeded by ``seed`` (valid first, then test).
-
-    Reference: Salakhutdinov & Murray. On the quantitative analysis of deep belief networks.
-    ICML 2008 (binarized MNIST); dynamic binarization as in Burda et al. 2016.
-
-    Raises:
-        FileNotFoundError, DataError: as :func:`pushforward.data.mnist`.
-    """
-    from .data.images import _mnist_arrays, _mnist_valid_size
-
-    train, test = _mnist_arrays(data_dir, "images")
-    n_valid = _mnist_valid_size(len(train))
-    grey = torch.from_numpy(np.concatenate([train, test]).reshape(len(train) + len(test), -1).astype(np.float32) / 255)
-    g = torch.Generator().manual_seed(seed)
-    n_train = len(train) - n_valid
-    valid = torch.bernoulli(grey[n_train : len(train)], generator=g)
-    test_bits = torch.bernoulli(grey[len(train) :], generator=g)
-    return BinaryImages(grey[:n_train].contiguous(), valid, test_bits, (1, *train.shape[1:]))
-
-
 # --- training ------------------------------------------------------------------------------
 
 @dataclass
@@ -338,13 +291,14 @@ class VAEFitResult:
 def fit_vae(model: VAE, data: BinaryImages, *, epochs: int = 1000, batch_size: int = 100, lr: float = 5e-4,
             warmup: float = 10.0, patience: int | None = 100, max_minutes: float | None = None, seed: int = 0,
             clip_grad: float | None = None, device: str | torch.device = "cpu", progress: bool = True,
-            verbose: bool = False, on_best=None) -> VAEFitResult:
+            verbose: bool = False, on_best=None, tensorboard_dir: str | os.PathLike | None = None) -> VAEFitResult:
     r"""Train the VAE with Adam on the warmed-up negative ELBO; keep the best validation weights.
 
     Each mini-batch of ``data.train`` is binarized anew (x ~ Bernoulli(grey)); the KL term's
     weight beta rises linearly from 0 to 1 over the first ``warmup`` epochs (van den Berg et
     al. 2018 use 100; Sønderby et al. 2016). After every epoch the single-sample negative
-    ELBO of ``data.valid`` (beta = 1) decides the best weights, which are restored at the end.
+    ELBO of ``data.valid`` (beta = 1) decides the best weights, which are restored at the end
+    (also after Ctrl-C). The loop is the training engine's (:func:`pushforward.engine.train`).
 
     Args:
         model: trained in place (moved to ``device``).
@@ -359,6 +313,8 @@ def fit_vae(model: VAE, data: BinaryImages, *, epochs: int = 1000, batch_size: i
         device: where to train.
         progress, verbose: a progress bar; one line per epoch on stderr.
         on_best: called with the model whenever the validation figure improves (e.g. to save it).
+        tensorboard_dir: log TensorBoard scalars there (train loss, validation -ELBO, beta,
+            learning rate, seconds; :func:`pushforward.engine.train`).
 
     Raises:
         ValueError: for a number out of its range (epochs, batch_size, patience >= 1; lr,
@@ -368,67 +324,28 @@ def fit_vae(model: VAE, data: BinaryImages, *, epochs: int = 1000, batch_size: i
                     max_minutes=max_minutes, clip_grad=clip_grad)
     torch.manual_seed(seed)
     model.to(device)
-    param = next(model.parameters())
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, fused=True)  # one kernel per step, as in fit
+    dtype = next(model.parameters()).dtype
     n = len(data.train)
     steps = math.ceil(n / batch_size)
     warmup_steps = warmup * steps
-    result, best_state = VAEFitResult(), copy.deepcopy(model.state_dict())
-    start = time.perf_counter()
-    deadline = None if max_minutes is None else start + 60 * max_minutes
-    step_count = 0
-    try:
-        for epoch in range(epochs):
-            model.train()
-            order = torch.randperm(n)
-            total = 0.0
-            bar = tqdm(range(steps), desc=f"epoch {epoch + 1}", disable=not progress, leave=False, file=sys.stderr)
-            for i in bar:
-                grey = data.train[order[i * batch_size : (i + 1) * batch_size]]
-                x = torch.bernoulli(grey).to(device, param.dtype)
-                beta = min(1.0, (step_count + 1) / warmup_steps) if warmup_steps > 0 else 1.0
-                loss = model.loss(x, beta)
-                if not torch.isfinite(loss):
-                    raise ValueError(f"the loss became {loss.item()} at epoch {epoch + 1}, step {i + 1}; "
-                                     "try a smaller learning rate or gradient clipping")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if clip_grad is not None:
-                    nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-                optimizer.step()
-                step_count += 1
-                total += loss.item() * len(x)
-                bar.set_postfix(loss=f"{total / min(n, (i + 1) * batch_size):.2f}", beta=f"{beta:.2f}")
-                if deadline is not None and time.perf_counter() > deadline:
-                    result.stopped = "time budget"
-                    break
-            bar.close()
-            model.eval()
-            valid = _neg_elbo(model, data.valid, 1000, device)
-            seen = min(n, (i + 1) * batch_size)
-            result.history.append({"epoch": epoch + 1, "train_loss": total / seen, "beta": beta,
-                                   "valid_neg_elbo": valid, "seconds": time.perf_counter() - start})
-            if verbose:
-                tqdm.write(f"epoch {epoch + 1}: train loss {total / seen:.3f} (beta {beta:.2f}), "
-                           f"valid -ELBO {valid:.3f}", file=sys.stderr)
-            if valid < result.best_valid:
-                result.best_epoch, result.best_valid = epoch + 1, valid
-                best_state = copy.deepcopy(model.state_dict())
-                if on_best is not None:
-                    on_best(model)
-            if result.stopped:
-                break
-            if patience is not None and epoch + 1 - result.best_epoch >= patience:
-                result.stopped = "early stopping"
-                break
-        else:
-            result.stopped = "epochs"
-    except KeyboardInterrupt:
-        result.stopped = "interrupted"
-    model.load_state_dict(best_state)
-    model.eval()
-    result.seconds = time.perf_counter() - start
-    return result
+
+    def batches(epoch: int) -> list[tuple[int, Tensor]]:
+        """(index of the step since the start, rows of data.train) of each step of the epoch."""
+        return list(enumerate(torch.randperm(n).split(batch_size), epoch * steps))
+
+    def step(forward, batch: tuple[int, Tensor]) -> Step:
+        index, rows = batch
+        x = torch.bernoulli(data.train[rows]).to(device, dtype)
+        beta = min(1.0, (index + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+        loss = model.loss(x, beta)
+        return Step(loss=loss, total=loss.item() * len(x), count=len(x), last={"beta": beta})
+
+    validation = Validation(lambda entry: _neg_elbo(model, data.valid, 1000, device), "valid_neg_elbo",
+                            maximize=False)
+    run = train(model, Loss(step, batches), validation, epochs=epochs, lr=lr, clip_grad=clip_grad, patience=patience,
+                max_minutes=max_minutes, progress=progress, verbose=verbose, tensorboard_dir=tensorboard_dir,
+                on_best=on_best)
+    return VAEFitResult(run.history, run.best_epoch, run.best_valid, run.stopped, run.seconds)
 
 
 def load_vae(out: str | Path) -> tuple[VAE, dict]:

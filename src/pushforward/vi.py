@@ -24,17 +24,16 @@ its standard error and effective sample size.
 from __future__ import annotations
 
 import math
-import sys
-import time
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from .checks import check_arguments
 from .core import Flow
+from .engine import Loss, Step, cosine_schedule, train
 
 __all__ = ["fit_vi", "VIResult", "elbo", "estimate_log_z", "LogZEstimate", "annealing"]
 
@@ -134,12 +133,14 @@ def fit_vi(
     seed: int | None = 0,
     progress: bool = True,
     record_every: int | None = None,
+    tensorboard_dir: str | os.PathLike | None = None,
 ) -> VIResult:
     r"""Fit ``flow`` to the unnormalized density exp(log_target) by maximising the ELBO with Adam.
 
     Each step draws ``samples`` reparametrised samples x ~ q with their log q in one forward
     pass and ascends the annealed ELBO E_q[beta_t log p~(x) - log q(x)], beta_t given by
-    :func:`annealing`. The flow stays on its device and dtype, and is left in eval mode;
+    :func:`annealing`, through the training engine (:func:`pushforward.engine.train`; Ctrl-C
+    stops with the steps done, dropping the history entry in progress). The flow stays on its device and dtype, and is left in eval mode;
     ``seed`` seeds torch's global generator (the base samples).
 
     Shapes: log_target maps x (S, dim) to (S,), in nats.
@@ -162,73 +163,40 @@ def fit_vi(
         seed: seed of torch's global generator, or None to leave it alone.
         progress: show a progress bar with the running ELBO.
         record_every: steps per history entry (default: steps // 500, at least 1).
+        tensorboard_dir: log TensorBoard scalars there (the ELBO, the annealed objective as
+            ``train_loss``, beta, the learning rate, seconds; :func:`pushforward.engine.train`).
 
     Raises:
         ValueError: for an unknown schedule, a number out of its range (steps, samples >= 1;
             lr, clip_grad, max_minutes > 0; beta0 in (0, 1]; anneal_steps >= 0), or an
             objective that becomes NaN/inf (e.g. a target that is -inf where q puts samples).
     """
-    if schedule not in (None, "cosine"):
-        raise ValueError(f"unknown schedule {schedule!r}; choose cosine or None")
+    scheduler = cosine_schedule(schedule, steps)
     check_arguments(steps=steps, samples=samples, lr=lr, beta0=beta0, anneal_steps=anneal_steps, clip_grad=clip_grad,
                     max_minutes=max_minutes)
     if seed is not None:
         torch.manual_seed(seed)
     record_every = record_every or max(1, steps // 500)
-    # one fused kernel per step, as in fit
-    optimizer = torch.optim.Adam(flow.parameters(), lr=lr, fused=True)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps) if schedule == "cosine" else None
-    result = VIResult()
-    start = time.perf_counter()
-    deadline = None if max_minutes is None else start + 60 * max_minutes
-    window = {"elbo": 0.0, "objective": 0.0, "count": 0}
-    flow.train()
-    bar = tqdm(range(steps), desc="vi", disable=not progress, leave=False, file=sys.stderr)
-    try:
-        for step in bar:
-            beta = annealing(step, anneal_steps, beta0)
-            log_p, log_q = _terms(flow, log_target, samples, stl)
-            objective = (beta * log_p - log_q).mean()
-            if not torch.isfinite(objective):
-                raise ValueError(f"the ELBO became {objective.item()} at step {step + 1}: the target is not finite "
-                                 "where q puts samples, or the fit diverged (try a smaller learning rate or "
-                                 "gradient clipping)")
-            optimizer.zero_grad(set_to_none=True)
-            (-objective).backward()
-            if clip_grad is not None:
-                torch.nn.utils.clip_grad_norm_(flow.parameters(), clip_grad)
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            value = float((log_p - log_q).detach().mean())
-            window["elbo"] += value
-            window["objective"] += float(objective.detach())
-            window["count"] += 1
-            result.steps = step + 1
-            if result.steps % record_every == 0 or result.steps == steps:
-                _record(result, window, beta, start)
-                bar.set_postfix(elbo=f"{result.history[-1]['elbo']:.4f}", beta=f"{beta:.3g}", refresh=False)
-            if deadline is not None and time.perf_counter() > deadline:
-                result.stopped = "time budget"
-                break
-        else:
-            result.stopped = "steps"
-    except KeyboardInterrupt:
-        result.stopped = "interrupted"
-    finally:
-        bar.close()
-    if window["count"]:
-        _record(result, window, annealing(result.steps - 1, anneal_steps, beta0), start)
-    flow.eval()
-    result.seconds = time.perf_counter() - start
-    return result
 
+    def step(forward, index: int) -> Step:
+        beta = annealing(index, anneal_steps, beta0)
+        log_p, log_q = _terms(flow, log_target, samples, stl)
+        objective = (beta * log_p - log_q).mean()
+        if not torch.isfinite(objective):
+            raise ValueError(f"the ELBO became {objective.item()} at step {index + 1}: the target is not finite "
+                             "where q puts samples, or the fit diverged (try a smaller learning rate or "
+                             "gradient clipping)")
+        return Step(loss=-objective, total=-objective.item(), count=1,
+                    sums={"elbo": float((log_p - log_q).detach().mean())}, last={"step": index + 1, "beta": beta})
 
-def _record(result: VIResult, window: dict, beta: float, start: float) -> None:
-    n = window["count"]
-    result.history.append({"step": result.steps, "elbo": window["elbo"] / n, "objective": window["objective"] / n,
-                           "beta": beta, "seconds": time.perf_counter() - start})
-    window.update(elbo=0.0, objective=0.0, count=0)
+    # An epoch of the engine is a window of record_every steps: one history entry each.
+    windows = Loss(step, lambda w: range(w * record_every, min(steps, (w + 1) * record_every)))
+    run = train(flow, windows, epochs=math.ceil(steps / record_every), lr=lr, schedule=scheduler,
+                schedule_per_step=True, clip_grad=clip_grad, max_minutes=max_minutes, progress=progress,
+                progress_total=steps, desc="vi", tensorboard_dir=tensorboard_dir)
+    history = [{"step": h["step"], "elbo": h["elbo"], "objective": -h["train_loss"], "beta": h["beta"],
+                "seconds": h["seconds"]} for h in run.history]
+    return VIResult(history, "steps" if run.stopped == "epochs" else run.stopped, run.steps, run.seconds)
 
 
 @dataclass

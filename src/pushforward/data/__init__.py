@@ -18,15 +18,15 @@ import numpy as np
 
 from .base import DataError, DataSet
 from .files import from_file, read_array
-from .images import (IMAGE_SUFFIXES, dequantise, digits, digits_labels, folder_pixels, image_folder, mnist, mnist_images,
-                     mnist_labels, read_idx, read_image)
+from .images import (IMAGE_SUFFIXES, BinaryImages, binarized_mnist, dequantise, digits, digits_labels, folder_pixels,
+                     image_folder, mnist, mnist_images, mnist_labels, read_idx, read_image)
 from .tabular import bsds300, gas, hepmass, miniboone, power
 from .toys import TOYS, toy, toy_dataset
 
 __all__ = [
     "DataSet", "DataError", "load", "NAMES", "IMAGE_NAMES", "TOYS", "toy", "toy_dataset", "digits",
-    "mnist", "mnist_images", "mnist_labels", "digits_labels", "labels", "read_idx", "dequantise", "image_folder",
-    "folder_pixels", "read_image",
+    "mnist", "mnist_images", "mnist_labels", "binarized_mnist", "BinaryImages", "digits_labels", "labels", "read_idx",
+    "dequantise", "image_folder", "folder_pixels", "read_image",
     "IMAGE_SUFFIXES", "from_file", "read_array", "power", "gas", "hepmass", "miniboone", "bsds300",
 ]
 

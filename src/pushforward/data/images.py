@@ -8,19 +8,22 @@ are measured there.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch import Tensor
 
 from . import base
 from .base import DataError, DataSet, find_file, fraction_sizes, to_tensor
 
 __all__ = [
     "digits", "digits_labels", "read_idx", "mnist", "mnist_images", "mnist_labels", "dequantise", "image_folder",
-    "folder_pixels", "read_image", "IMAGE_SUFFIXES",
+    "folder_pixels", "read_image", "IMAGE_SUFFIXES", "BinaryImages", "binarized_mnist",
 ]
 
 # IDX type codes (third byte of the magic number) -> big-endian numpy dtype.
@@ -287,6 +290,50 @@ def mnist_labels(
     train, test = _mnist_arrays(data_dir, "labels", name)
     n_train = len(train) - _mnist_valid_size(len(train), images)
     return _split_part((train[:n_train], train[n_train:], test), split)
+
+
+@dataclasses.dataclass
+class BinaryImages:
+    r"""Binary image data: ``train`` holds grey levels in [0, 1], binarized anew at every
+    mini-batch (dynamic binarization, x ~ Bernoulli(grey)); ``valid`` and ``test`` are
+    binarized once, with a fixed seed, so every model sees the same test bits.
+
+    Shapes: train (N_train, D) float32 in [0, 1]; valid, test (N, D) float32 in {0, 1};
+    image_shape (C, H, W).
+    """
+
+    train: Tensor
+    valid: Tensor
+    test: Tensor
+    image_shape: tuple[int, int, int]
+
+    @property
+    def features(self) -> int:
+        return self.train.shape[1]
+
+
+def binarized_mnist(data_dir: str | Path, seed: int = 0, *, name: str = "mnist") -> BinaryImages:
+    r"""Dynamically binarized MNIST (or another data set in MNIST's four IDX files) from ``data_dir``.
+
+    Split as :func:`mnist`: train = the first 50,000 training images, valid = the last 10,000
+    (in general the last min(10,000, N // 6)), test = the 10,000 t10k images. Grey levels are
+    pixel / 255; valid and test are binarized once by torch.bernoulli with a generator seeded
+    by ``seed`` (valid first, then test).
+
+    Reference: Salakhutdinov & Murray. On the quantitative analysis of deep belief networks.
+    ICML 2008 (binarized MNIST); dynamic binarization as in Burda et al. 2016.
+
+    Raises:
+        FileNotFoundError, DataError: as :func:`mnist`.
+    """
+    train, test = _mnist_arrays(data_dir, "images", name)
+    n_valid = _mnist_valid_size(len(train))
+    grey = torch.from_numpy(np.concatenate([train, test]).reshape(len(train) + len(test), -1).astype(np.float32) / 255)
+    g = torch.Generator().manual_seed(seed)
+    n_train = len(train) - n_valid
+    valid = torch.bernoulli(grey[n_train : len(train)], generator=g)
+    test_bits = torch.bernoulli(grey[len(train) :], generator=g)
+    return BinaryImages(grey[:n_train].contiguous(), valid, test_bits, (1, *train.shape[1:]))
 
 
 def image_folder(

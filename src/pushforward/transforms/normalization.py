@@ -1,40 +1,69 @@
-r"""Normalisation layers as flow transforms, with exact log-abs-det-Jacobians."""
+r"""Normalisation layers as flow transforms, with exact log-abs-det-Jacobians.
+
+In data-parallel training the batch moments must be those of the global batch: the training
+engine (:mod:`pushforward.engine`) hands every layer here a ``sync`` function, the
+differentiable sum over the processes, through :func:`synchronised`.
+"""
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
 
 from ..core import Transform
-from ..distributed import all_reduce_sum, is_distributed
 
-__all__ = ["ActNorm", "BatchNorm"]
+__all__ = ["ActNorm", "BatchNorm", "synchronised"]
+
+Sync = Callable[[Tensor], Tensor]
 
 
-def _batch_moments(x: Tensor, event_dims: int = 1) -> tuple[Tensor, Tensor] | None:
+def _batch_moments(x: Tensor, event_dims: int = 1, sync: Sync | None = None) -> tuple[Tensor, Tensor] | None:
     """Per-feature mean and biased variance of ``x`` over its batch dimensions, or None when
     the batch has fewer than two rows. For images (``event_dims`` 3) the features are the
     channels and the moments are also taken over the pixels.
 
-    Inside a torch.distributed process group of several processes (data-parallel training),
-    the moments are those of the global batch: the rows of every process, exactly, through
-    differentiable all-reduces (as torch.nn.SyncBatchNorm does), so that training on N
+    With ``sync``, a differentiable sum over the processes of a data-parallel group (whose
+    backward sums the gradients over them too, as torch.nn.SyncBatchNorm does), the moments
+    are those of the global batch, the rows of every process, exactly, so that training on N
     processes computes what one process computes on the whole batch. Every process must then
     call this in the same order.
 
     Shapes: x (*batch, features) or (*batch, C, H, W); mean, var (features,) or (C,).
     """
     flat = x.movedim(x.dim() - event_dims, -1).reshape(-1, x.shape[x.dim() - event_dims])
-    if not is_distributed():
+    if sync is None:
         return (flat.mean(0), flat.var(0, unbiased=False)) if len(flat) > 1 else None
     count = torch.full((1,), len(flat), dtype=flat.dtype, device=flat.device)
-    sums = all_reduce_sum(torch.cat([flat.sum(0), count]), differentiable=True)
+    sums = sync(torch.cat([flat.sum(0), count]))
     n = int(sums[-1])
     if n < 2:
         return None
     mean = sums[:-1] / n
     # Two passes (mean, then squared deviations) as in the one-process variance, for accuracy.
-    return mean, all_reduce_sum(((flat - mean) ** 2).sum(0), differentiable=True) / n
+    return mean, sync(((flat - mean) ** 2).sum(0)) / n
+
+
+@contextlib.contextmanager
+def synchronised(module: nn.Module, sync: Sync | None) -> Iterator[None]:
+    """Set ``sync`` on every :class:`ActNorm` and :class:`BatchNorm` inside ``module`` for the
+    duration of the context (their own value is put back afterwards).
+
+    Args:
+        module: any module (a flow, a VAE).
+        sync: the differentiable sum over the processes, or None for the moments of the local batch.
+    """
+    layers = [m for m in module.modules() if isinstance(m, (ActNorm, BatchNorm))]
+    before = [m.sync for m in layers]
+    for m in layers:
+        m.sync = sync
+    try:
+        yield
+    finally:
+        for m, s in zip(layers, before):
+            m.sync = s
 
 
 class ActNorm(Transform):
@@ -44,8 +73,8 @@ class ActNorm(Transform):
     At the first ``inverse`` call in training mode, t and s are set to the mean and log
     standard deviation of that batch (over the pixels too, for images), so that the normalised
     data start with zero mean and unit variance. ladj = sum_i s_i for vectors, H W sum_c s_c for
-    images. In data-parallel training the batch is the global one, gathered from every process,
-    so all processes start from the same parameters.
+    images. With ``sync`` (data-parallel training, see :func:`synchronised`) the batch is the
+    global one, gathered from every process, so all processes start from the same parameters.
 
     Shapes: z, x (*batch, features) or, with ``event_dims=3``, (*batch, C, H, W) with
     C = ``features``; ladj (*batch,).
@@ -57,16 +86,18 @@ class ActNorm(Transform):
         features: number of features, or of channels for images.
         eps: added to the variance of the initialisation.
         event_dims: 1 for vectors, 3 for images (C, H, W).
+        sync: the differentiable sum over the processes of a data-parallel group, or None
+            (the training engine sets it while it trains, :func:`synchronised`).
 
     Raises:
         ValueError: for ``event_dims`` other than 1 or 3.
     """
 
-    def __init__(self, features: int, eps: float = 1e-6, event_dims: int = 1):
+    def __init__(self, features: int, eps: float = 1e-6, event_dims: int = 1, sync: Sync | None = None):
         super().__init__()
         if event_dims not in (1, 3):
             raise ValueError(f"ActNorm acts on vectors (event_dims=1) or images (3), got {event_dims}")
-        self.eps, self.event_dims = eps, event_dims
+        self.eps, self.event_dims, self.sync = eps, event_dims, sync
         self.shift = nn.Parameter(torch.zeros(features))
         self.log_scale = nn.Parameter(torch.zeros(features))
         self.register_buffer("initialized", torch.tensor(False))
@@ -86,7 +117,7 @@ class ActNorm(Transform):
     def inverse(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         if self.training and not bool(self.initialized):
             with torch.no_grad():
-                moments = _batch_moments(x, self.event_dims)
+                moments = _batch_moments(x, self.event_dims, self.sync)
                 if moments is not None:
                     self.shift.copy_(moments[0])
                     self.log_scale.copy_(0.5 * torch.log(moments[1] + self.eps))
@@ -102,11 +133,11 @@ class BatchNorm(Transform):
     in training mode (updating running averages) and the running averages in evaluation mode
     and for sampling (forward). ladj of the inverse = sum_i gamma_i - 1/2 log(v_i + eps).
 
-    In data-parallel training (a torch.distributed process group of several processes) the
-    batch moments are those of the global batch, all-reduced over the processes with gradients
-    (like torch.nn.SyncBatchNorm), so N processes train exactly as one process on the whole
-    batch; every process must then run the layer in training mode in step (evaluation mode
-    needs no communication).
+    With ``sync`` (data-parallel training, set by the training engine through
+    :func:`synchronised`) the batch moments are those of the global batch, all-reduced over the
+    processes with gradients (like torch.nn.SyncBatchNorm), so N processes train exactly as one
+    process on the whole batch; every process must then run the layer in training mode in step
+    (evaluation mode needs no communication).
 
     Shapes: z, x (*batch, features); ladj (*batch,).
 
@@ -117,11 +148,12 @@ class BatchNorm(Transform):
         features: number of features.
         momentum: weight of the current batch in the running averages.
         eps: added to the variance for stability.
+        sync: the differentiable sum over the processes of a data-parallel group, or None.
     """
 
-    def __init__(self, features: int, momentum: float = 0.1, eps: float = 1e-5):
+    def __init__(self, features: int, momentum: float = 0.1, eps: float = 1e-5, sync: Sync | None = None):
         super().__init__()
-        self.momentum, self.eps = momentum, eps
+        self.momentum, self.eps, self.sync = momentum, eps, sync
         self.log_gamma = nn.Parameter(torch.zeros(features))
         self.beta = nn.Parameter(torch.zeros(features))
         self.register_buffer("running_mean", torch.zeros(features))
@@ -136,7 +168,7 @@ class BatchNorm(Transform):
         return x, -self._ladj(var, z)
 
     def inverse(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        moments = _batch_moments(x) if self.training else None
+        moments = _batch_moments(x, sync=self.sync) if self.training else None
         if moments is not None:
             mean, var = moments
             with torch.no_grad():
