@@ -5,7 +5,7 @@ log-abs-det-Jacobian of the map it applied; a :class:`Flow` is the pushforward o
 distribution by a transform. See DESIGN.md for the conventions.
 """
 
-from . import data, distributions, flows, nn, testing, transforms
+from . import data, dequantization, distributions, flows, latent, nn, testing, transforms
 from .core import Chain, Flow, Inverse, Transform
 from .distributions import DiagNormal, StandardNormal
 from .flows import IAF, MAF, NSF, RealNVP
@@ -24,7 +24,7 @@ __all__ = [
     "PlanarFlow", "RadialFlow", "SylvesterFlow", "HouseholderFlow", "LUFlow",
     "SOSFlow", "BernsteinFlow", "FFJORD", "Glow", "RealNVPImage", "ResidualFlow", "IResNet",
     "fit", "evaluate", "log_likelihoods", "FitResult", "Evaluation",
-    "flows", "distributions", "transforms", "nn", "testing", "data",
+    "flows", "distributions", "transforms", "nn", "testing", "data", "latent", "dequantization",
     "targets", "vi", "vae",
 ]
 __version__ = "0.1.0"

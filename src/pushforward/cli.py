@@ -33,6 +33,7 @@ from .experiment import (CHECKPOINT, METRICS, build_flow, gaussian_baseline, loa
 from .cli_common import (IMAGE_SIZE, SIZES, absolute, check_output_file, fresh_out, number, one_line_errors, preset_kwargs,
                          run_options, tensorboard_option, torch_device)
 from .runs import RunFolder
+from .cli_latent import interpolate, manipulate
 from .cli_vi import vae, vi
 from .flows import IMAGE_PRESETS, PRESETS
 from .train import atomic_write, fit as fit_flow
@@ -55,6 +56,12 @@ def _emit(metrics: dict, as_json: bool) -> None:
             f"± {metrics['stderr_nats']:.4f} nats ({metrics['space']} space, n={metrics['n_examples']})")
     if metrics.get("bits_per_dim") is not None:
         line += f"; {metrics['bits_per_dim']:.4f} bits/dim"
+    if metrics.get("dequantization") == "variational":
+        line += " (dequantization ELBO)"
+    if metrics.get("iw_bits_per_dim") is not None:
+        line += (f"; importance-weighted ({metrics['dequantization']} q, K={metrics['iw_samples']}): "
+                 f"{metrics['iw_log_likelihood_nats']:.4f} ± {metrics['iw_stderr_nats']:.4f} nats, "
+                 f"{metrics['iw_bits_per_dim']:.4f} bits/dim")
     if metrics.get("log_det"):
         line += f" (log-det: {metrics['log_det']})"
     if metrics.get("scored"):
@@ -143,6 +150,8 @@ def main():
               help="ffjord: back-propagate by the adjoint method (memory constant in the number of steps).")
 @click.option("--image-size", type=IMAGE_SIZE, default=None,
               help="A folder of images: resize every image to this size, e.g. 32 or 28,28 (H,W).")
+@click.option("--dequantization", type=click.Choice(["uniform", "variational"]), default="uniform", show_default=True,
+              help="Image data: uniform noise added once, or a learned q(u | pixels) trained with the flow (Flow++).")
 @click.option("--epochs", type=number("epochs"), default=100, show_default=True, help="Largest number of epochs.")
 @click.option("--batch-size", type=number("batch_size"), default=128, show_default=True, help="Mini-batch size.")
 @click.option("--lr", type=number("lr"), default=1e-3, show_default=True, help="Adam learning rate.")
@@ -171,8 +180,8 @@ def main():
 @one_line_errors
 def fit(data, data_dir, test_file, flow_name, transforms, hidden_features, bins, autoregressive, normalization,
         levels, steps, hidden_channels, blocks, convolution, additive, trace, rtol, atol, kinetic, jacobian, adjoint,
-        image_size, epochs, batch_size, lr, weight_decay, schedule, clip_grad, patience, max_minutes, seed, float64, compiled,
-        device, threads, nproc, out, overwrite, resume, as_json, quiet, tensorboard):
+        image_size, dequantization, epochs, batch_size, lr, weight_decay, schedule, clip_grad, patience, max_minutes, seed,
+        float64, compiled, device, threads, nproc, out, overwrite, resume, as_json, quiet, tensorboard):
     """Train a flow by maximum likelihood and write a run folder.
 
     The folder holds config.json (rebuilds the model), model.pt (the best-validation weights,
@@ -205,6 +214,8 @@ def fit(data, data_dir, test_file, flow_name, transforms, hidden_features, bins,
                                                   ("tensorboard", absolute(tensorboard)))
                                 if click.get_current_context().get_parameter_source(k).name != "DEFAULT"})
     else:
+        if dequantization != "uniform" and flow_name not in IMAGE_PRESETS:
+            raise click.UsageError(f"--dequantization {dequantization} applies to image flows ({', '.join(IMAGE_PRESETS)})")
         out = fresh_out(out, f"{Path(data).stem}-{flow_name}", overwrite)
         kwargs = preset_kwargs(flow_name, {
             "transforms": transforms, "normalization": None if normalization == "none" else normalization,
@@ -213,7 +224,7 @@ def fit(data, data_dir, test_file, flow_name, transforms, hidden_features, bins,
             "additive": additive, "trace": trace, "rtol": rtol, "atol": atol, "kinetic": kinetic,
             "jacobian": jacobian, "adjoint": adjoint})
         config = {
-            "flow": flow_name, "flow_kwargs": kwargs,
+            "flow": flow_name, "flow_kwargs": kwargs, "dequantization": dequantization,
             "data": {"name": _absolute_data(data), "display": data, "data_dir": absolute(data_dir), "seed": seed,
                      "test_path": absolute(test_file),
                      # a folder holds images, which only image flows take (digits and mnist are
@@ -300,7 +311,8 @@ def _fit_job(job: dict) -> str:
         if config["data"].get("images"):
             config["event_shape"] = list(dataset.event_shape)
             config["flow_kwargs"]["pixel_levels"] = dataset.levels  # the preset maps to [0, levels)
-            flow = build_flow(config["flow"], dataset.event_shape, config["flow_kwargs"])
+            flow = build_flow(config["flow"], dataset.event_shape, config["flow_kwargs"],
+                              dequantization=config.get("dequantization", "uniform"))
         else:
             flow = build_flow(config["flow"], dataset.features, config["flow_kwargs"], *standardisation(dataset.train))
     else:
@@ -355,32 +367,42 @@ def _fit_job(job: dict) -> str:
               help="Which split of a built-in data set (or of the run's own data) to evaluate.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as one JSON line.")
 @click.option("--device", default="cpu", show_default=True, help="Torch device to evaluate on: cpu, cuda, mps.")
+@click.option("--iw-samples", type=number("iw_samples"), default=None,
+              help="Dequantized data: also the importance-weighted estimate of log P(pixels) with K samples of the "
+                   "run's q (uniform noise, or the learned q of --dequantization variational, for which K is 16 "
+                   "unless given).")
 @one_line_errors
-def evaluate(run, data, data_dir, split, as_json, device):
+def evaluate(run, data, data_dir, split, as_json, device, iw_samples):
     """Mean log-likelihood of a split in nats with its standard error (and bits/dim for images).
 
     Nats are in the data set's reference space (logit space for mnist, as MAF reports; the
     normalised space for the MAF tabular sets; the data space otherwise); bits/dim in the
     [0, levels)^D space of dequantised image data. A file given with --data is held-out data:
     all of its rows are scored, in the data space. The output says which rows were scored.
+    A run with --dequantization variational reports its dequantization ELBO (a bound) and the
+    importance-weighted estimate of log P(pixels) with --iw-samples K = 16 samples (K passes of
+    the model per example); --iw-samples gives the same estimate, with uniform noise, for other
+    runs of dequantized data.
     """
     device = torch_device(device)
     file = data is not None and data.lower() not in datasets.NAMES
     if file and click.get_current_context().get_parameter_source("split").name != "DEFAULT":
         raise click.UsageError("--split applies to built-in data sets: every row of a --data file is scored")
     start = time.perf_counter()
+    torch.manual_seed(0)  # the noise of a dequantization ELBO and of importance-weighted estimates
     flow, config = load_run(run)
     if isinstance(config, ViConfig):
         raise click.ClickException(f"'{run}' is a vi run (target {config.target}): it was fitted to a density, "
                                    "not to data; its metrics.json holds the ELBO and log Z")
     flow.to(device)
+    iw_samples = iw_samples or (16 if config.dequantization == "variational" else None)
     if file:
         if config.data.space != "data":
             raise click.ClickException(f"the model in '{run}' is fitted in the {config.data.space} space of "
                                        f"{config.data.name}; a --data file can only be scored by runs in the data space")
         rows = to_tensor(datasets.read_array(data))
         _check_shape(tuple(rows.shape[1:]), config, run)
-        metrics = {**asdict(measure_rows(flow, rows, levels=config.data.levels)), "split": "all",
+        metrics = {**asdict(measure_rows(flow, rows, levels=config.data.levels, iw_samples=iw_samples)), "split": "all",
                    "scored": f"all {len(rows)} rows of {data}"}
     else:
         spec = config.data.model_dump()
@@ -388,7 +410,7 @@ def evaluate(run, data, data_dir, split, as_json, device):
             spec.update(name=data, data_dir=data_dir, test_path=None, n=None)
         dataset = _load_data(spec)
         _check_shape(dataset.event_shape, config, run)
-        metrics = {**asdict(measure(flow, dataset, split)), "split": split,
+        metrics = {**asdict(measure(flow, dataset, split, iw_samples=iw_samples)), "split": split,
                    "scored": f"the {split} split of {config.data.display or spec['name'] if data is None else data}"}
     _emit({**metrics, "seconds": round(time.perf_counter() - start, 3), "out": str(run)}, as_json)
 
@@ -484,6 +506,8 @@ def _sample_png(x: torch.Tensor, data: DataConfig | None, output: str) -> None:
 
 main.add_command(vi)
 main.add_command(vae)
+main.add_command(interpolate)
+main.add_command(manipulate)
 
 if __name__ == "__main__":
     main()

@@ -19,7 +19,8 @@ from .flows import preset_options
 from .runs import check_out
 from .transforms.numerical import ConvergenceError
 
-__all__ = ["one_line_errors", "run_options", "tensorboard_option", "number", "SIZES", "IMAGE_SIZE", "fresh_out", "check_output_file", "torch_device", "preset_kwargs"]
+__all__ = ["one_line_errors", "run_options", "tensorboard_option", "number", "SIZES", "IMAGE_SIZE", "fresh_out", "check_output_file", "torch_device", "preset_kwargs",
+           "stacked"]
 
 
 class _Number(click.ParamType):
@@ -98,6 +99,12 @@ def run_options(default_out: str, threads_help: str = "torch.set_num_threads (de
         click.option("--json", "as_json", is_flag=True, help=json_help),
         click.option("--quiet", is_flag=True, help="No progress bar."),
     ]
+
+    return stacked(options)
+
+
+def stacked(options: list):
+    """One decorator applying click ``options`` in the order given (the first shown first in --help)."""
 
     def decorate(command):
         for option in reversed(options):

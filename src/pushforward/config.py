@@ -82,6 +82,7 @@ class FitConfig(_Schema):
     flow_kwargs: dict[str, Any]
     features: _ranged("features", int) | None = None  # known once the data are loaded
     event_shape: list[_ranged("features", int)] | None = None  # (C, H, W) of an image flow's data
+    dequantization: Literal["uniform", "variational"] = "uniform"  # of image data (pushforward.dequantization)
     data: DataConfig
     train: TrainConfig
 

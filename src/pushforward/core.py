@@ -345,7 +345,9 @@ class Flow(nn.Module):
             return self.rsample(shape, context, temperature)
 
     def encode(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        """The latent code z = g^{-1}(x) of data ``x``, shape (*batch, *base event shape).
+        """The latent code z = g^{-1}(x) of data ``x``, shape (*batch, *base event shape): for a
+        multi-scale image flow one tensor of the image's shape that holds the factored-out part of
+        every level too (:mod:`pushforward.latent` says where).
 
         Raises:
             ValueError: as :meth:`log_prob`.

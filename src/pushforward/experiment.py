@@ -23,6 +23,8 @@ from .config import FitConfig, VaeConfig, ViConfig, read_config
 from .core import Chain, Flow
 from .distributions import StandardNormal
 from .data import DataSet
+from .dequantization import (UniformDequantizer, VariationalDequantization, dequantized,
+                             importance_weighted_log_likelihoods)
 from .flows import IMAGE_PRESETS, PRESETS
 from .atomic import atomic_write, save_atomic
 from .train import Evaluation, log_likelihoods
@@ -41,10 +43,11 @@ def standardisation(train: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def build_flow(flow: str, features: int | Sequence[int], kwargs: dict, shift: Tensor | None = None,
-               scale: Tensor | None = None) -> Flow:
+               scale: Tensor | None = None, dequantization: str = "uniform") -> Flow:
     """The vector preset ``flow`` ("maf", "nsf", ...) followed by x = shift + scale * y, or the
     image preset ``flow`` ("glow", "realnvp-image") of the image shape ``features``, which maps
-    to the pixel space itself.
+    to the pixel space itself; with ``dequantization="variational"``, the image flow trained
+    through a learned dequantizer (:func:`pushforward.dequantization.dequantized`).
 
     Shapes: features D or (C, H, W); shift, scale (D,), the training data's mean and standard
     deviation (zeros and ones when None, to be filled by ``load_state_dict``), unused by
@@ -52,13 +55,16 @@ def build_flow(flow: str, features: int | Sequence[int], kwargs: dict, shift: Te
 
     Raises:
         ValueError: for an unknown preset name, an image preset without an image shape, or a
-            vector preset with one.
+            vector preset with one; for an unknown dequantization, or a variational one of vectors.
     """
     if flow in IMAGE_PRESETS:
         if isinstance(features, int):
             raise ValueError(f"--flow {flow} is an image flow and needs images (N, C, H, W), such as digits, "
                              f"mnist or a folder of images; got vectors of {features} features")
-        return IMAGE_PRESETS[flow](features, **kwargs)
+        return dequantized(IMAGE_PRESETS[flow](features, **kwargs), dequantization, kwargs.get("pixel_levels") or 256)
+    if dequantization != "uniform":
+        raise ValueError(f"--dequantization {dequantization} applies to image flows ({', '.join(IMAGE_PRESETS)}); "
+                         f"--flow {flow} is a vector flow")
     if flow not in PRESETS:
         raise ValueError(f"unknown flow {flow!r} (known: {', '.join([*PRESETS, *IMAGE_PRESETS])})")
     if not isinstance(features, int):
@@ -95,7 +101,11 @@ class Metrics:
     sets); ``data_log_likelihood_nats`` in the original data space and ``bits_per_dim`` of
     the [0, levels)^D space of dequantised data, where they apply. ``log_det`` names the
     log-det estimators of the flow's residual blocks in evaluation mode ("exact", or a
-    stochastic one for large D), None for flows whose ladj is in closed form.
+    stochastic one for large D), None for flows whose ladj is in closed form. ``iw_*`` give the
+    importance-weighted estimate of log P(pixels) with ``iw_samples`` samples (data space, nats
+    and bits/dim). ``dequantization`` says how data of ``levels`` levels in the data space were
+    dequantized: "variational" for a flow under variational dequantization, whose log-likelihoods
+    are then its ELBO (a bound) and whose q the estimate uses, "uniform" for uniform noise.
     """
 
     log_likelihood_nats: float
@@ -107,15 +117,21 @@ class Metrics:
     bits_per_dim: float | None = None
     bits_per_dim_stderr: float | None = None
     log_det: str | None = None
+    dequantization: str | None = None
+    iw_samples: int | None = None
+    iw_log_likelihood_nats: float | None = None
+    iw_stderr_nats: float | None = None
+    iw_bits_per_dim: float | None = None
 
 
-def measure(flow: Flow, data: DataSet, split: str = "test", batch_size: int = 1000) -> Metrics:
+def measure(flow: Flow, data: DataSet, split: str = "test", batch_size: int = 1000,
+            iw_samples: int | None = None) -> Metrics:
     """Mean log-likelihood of a split with its standard error, in nats and bits/dim.
 
     The flow's log-likelihood of each example (summed over all its event dimensions) is in the
     reference space; minus the ladj of ``data.to_data`` it is in the data space, and for
     dequantised data bits/dim = -log p(x) / (D log 2) with D = ``data.features``, the number of
-    elements of one example (C*H*W for images).
+    elements of one example (C*H*W for images). ``iw_samples`` as :func:`measure_rows`.
 
     Shapes: the split (N, *event), batches of ``batch_size`` examples along the first dimension.
 
@@ -124,14 +140,20 @@ def measure(flow: Flow, data: DataSet, split: str = "test", batch_size: int = 10
     """
     if split not in ("train", "valid", "test"):
         raise ValueError(f"unknown split {split!r}; choose train, valid or test")
-    return measure_rows(flow, getattr(data, split), data.space, data.to_data, data.levels, batch_size)
+    return measure_rows(flow, getattr(data, split), data.space, data.to_data, data.levels, batch_size, iw_samples)
 
 
 def measure_rows(flow: Flow, rows: Tensor, space: str = "data", to_data=None, levels: int | None = None,
-                 batch_size: int = 1000) -> Metrics:
+                 batch_size: int = 1000, iw_samples: int | None = None) -> Metrics:
     """Mean log-likelihood of ``rows`` (in the reference space ``space``) with its standard error,
     in nats; in the data space too when ``to_data`` (a transform reference -> data, see
     :class:`~pushforward.data.DataSet`) is given, and bits/dim for ``levels``-level data.
+
+    With ``iw_samples`` K, for ``levels``-level data in the data space, the importance-weighted
+    estimate of log P(pixels) with K samples (``iw_*``) is added: with the learned q of a
+    :class:`~pushforward.dequantization.VariationalDequantization` (whose log-likelihood is the
+    dequantization ELBO), else with uniform noise as q
+    (:class:`~pushforward.dequantization.UniformDequantizer`). It costs K evaluations per example.
 
     Shapes: rows (N, D), N >= 1.
 
@@ -151,6 +173,14 @@ def measure_rows(flow: Flow, rows: Tensor, space: str = "data", to_data=None, le
         if levels:
             per_dim = rows[0].numel() * math.log(2)
             m.bits_per_dim, m.bits_per_dim_stderr = -dat.mean / per_dim, dat.stderr / per_dim
+    variational = isinstance(flow, VariationalDequantization)
+    if levels and to_data is None:
+        m.dequantization = "variational" if variational else "uniform"
+    if iw_samples and m.dequantization:
+        model = flow if variational else VariationalDequantization(flow, UniformDequantizer(len(flow.event_shape)), levels)
+        iw = Evaluation.of(importance_weighted_log_likelihoods(model, rows, iw_samples, batch_size))
+        m.iw_samples, m.iw_log_likelihood_nats, m.iw_stderr_nats = iw_samples, iw.mean, iw.stderr
+        m.iw_bits_per_dim = -iw.mean / (rows[0].numel() * math.log(2))
     return m
 
 
@@ -194,7 +224,7 @@ def load_run(out: str | os.PathLike, weights: str = MODEL) -> tuple[Flow, FitCon
             if config.features is None:
                 raise ValueError("features: missing")
             shape = tuple(config.event_shape) if config.event_shape else config.features
-            flow = build_flow(config.flow, shape, config.flow_kwargs)
+            flow = build_flow(config.flow, shape, config.flow_kwargs, dequantization=config.dequantization)
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{out / CONFIG} is corrupted ({type(e).__name__}: {e})") from None
     try:

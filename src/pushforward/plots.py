@@ -74,14 +74,16 @@ def density_2d(flow: Flow, data: Tensor, path: str | os.PathLike, resolution: in
     save_figure(fig, path)
 
 
-def image_grid(images: Tensor, image_shape: tuple[int, ...], levels: int, path: str | os.PathLike) -> None:
-    """Save images in [0, levels) as one grid PNG (values clipped): grey for one channel, in colour
-    for three (other channel counts are averaged to grey).
+def image_grid(images: Tensor, image_shape: tuple[int, ...], levels: int, path: str | os.PathLike,
+               cols: int | None = None) -> None:
+    """Save images in [0, levels) as one grid PNG (values clipped), row by row with ``cols``
+    images a row (default: a square grid): grey for one channel, in colour for three (other
+    channel counts are averaged to grey).
 
     Shapes: images (N, C*H*W) or (N, C, H, W) with image_shape (C, H, W).
     """
     n = len(images)
-    cols = math.ceil(math.sqrt(n))
+    cols = cols or math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
     c, h, w = image_shape
     pixels = images.reshape(n, c, h, w).floor().clamp(0, levels - 1) / (levels - 1)

@@ -189,14 +189,15 @@ def autograd_ladj(t: Transform, u: Tensor, context: Tensor | None = None, invers
     change the event shape (a squeeze) are covered: it is square because no transform changes
     the number of elements.
 
-    Shapes: u (*batch, *event); context (*batch, context_features); returns (*batch,).
+    Shapes: u (*batch, *event); context (*batch, context_features) or an image context
+    (*batch, context_features, H, W); returns (*batch,).
     """
     f = t.inverse if inverse else t
     dims = t.data_event_dims if inverse else t.event_dims
     event = u.shape[u.dim() - dims :]
     batch = u.shape[: u.dim() - dims]
     flat = u.reshape(-1, *event)
-    ctx = None if context is None else context.reshape(-1, context.shape[-1])
+    ctx = None if context is None else context.reshape(-1, *context.shape[len(batch) :])
     out = []
     for i in range(flat.shape[0]):
         c = None if ctx is None else ctx[i : i + 1]

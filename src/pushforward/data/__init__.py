@@ -14,16 +14,19 @@ import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
 from .base import DataError, DataSet
 from .files import from_file, read_array
-from .images import (IMAGE_SUFFIXES, BinaryImages, binarized_mnist, dequantise, digits, image_folder, mnist,
-                     mnist_images, mnist_labels, read_idx)
+from .images import (IMAGE_SUFFIXES, BinaryImages, binarized_mnist, dequantise, digits, digits_labels, folder_pixels,
+                     image_folder, mnist, mnist_images, mnist_labels, read_idx, read_image)
 from .tabular import bsds300, gas, hepmass, miniboone, power
 from .toys import TOYS, toy, toy_dataset
 
 __all__ = [
     "DataSet", "DataError", "load", "NAMES", "IMAGE_NAMES", "TOYS", "toy", "toy_dataset", "digits",
-    "mnist", "mnist_images", "mnist_labels", "binarized_mnist", "BinaryImages", "read_idx", "dequantise", "image_folder",
+    "mnist", "mnist_images", "mnist_labels", "binarized_mnist", "BinaryImages", "digits_labels", "labels", "read_idx",
+    "dequantise", "image_folder", "folder_pixels", "read_image",
     "IMAGE_SUFFIXES", "from_file", "read_array", "power", "gas", "hepmass", "miniboone", "bsds300",
 ]
 
@@ -117,3 +120,23 @@ def _first_rows(data: DataSet, n: int) -> DataSet:
     if not 1 <= n <= len(data.train):
         raise DataError(f"{data.name}: n must be between 1 and {len(data.train)} training examples, got {n}")
     return dataclasses.replace(data, train=data.train[:n])
+
+
+def labels(name: str, split: str, data_dir: str | Path | None = None, *, seed: int = 0) -> np.ndarray:
+    """The class labels (0..9) of one split of a labelled image data set loaded as images by
+    :func:`load` (``images=True``) with the same ``data_dir`` and ``seed``, in the same order:
+    "digits" (:func:`digits_labels`), "mnist" and "fashion-mnist" (:func:`mnist_labels`).
+
+    Shapes: (N_split,).
+
+    Raises:
+        DataError: for a data set without labels (the message lists those with), or an unknown
+            split.
+        FileNotFoundError: for a missing label file.
+    """
+    key = name.lower()
+    if key == "digits":
+        return digits_labels(split, seed)
+    if key in _MNISTS:
+        return mnist_labels(data_dir, split, images=True, name=key)
+    raise DataError(f"{name!r} has no class labels (labelled image data: {', '.join(IMAGE_NAMES)})")

@@ -22,8 +22,8 @@ from . import base
 from .base import DataError, DataSet, find_file, fraction_sizes, to_tensor
 
 __all__ = [
-    "digits", "read_idx", "mnist", "mnist_images", "mnist_labels", "dequantise", "image_folder", "IMAGE_SUFFIXES",
-    "BinaryImages", "binarized_mnist",
+    "digits", "digits_labels", "read_idx", "mnist", "mnist_images", "mnist_labels", "dequantise", "image_folder",
+    "folder_pixels", "read_image", "IMAGE_SUFFIXES", "BinaryImages", "binarized_mnist",
 ]
 
 # IDX type codes (third byte of the magic number) -> big-endian numpy dtype.
@@ -52,16 +52,47 @@ def digits(seed: int = 0, *, images: bool = False) -> DataSet:
     Reference: Alpaydin and Kaynak, UCI "Optical recognition of handwritten digits" (the test
     part, as shipped by scikit-learn).
     """
-    from sklearn.datasets import load_digits
-
-    values = load_digits().data
-    rng = np.random.RandomState(seed)
-    values = values[rng.permutation(len(values))]
+    values, _, rng = _permuted_digits(seed)
     x = values + rng.rand(*values.shape)
     if images:
         x = x.reshape(len(x), 1, 8, 8)
     parts = base.split(x, *fraction_sizes(len(x)), "digits")
     return DataSet("digits", *map(to_tensor, parts), image_shape=(1, 8, 8), levels=17)
+
+
+def _permuted_digits(seed: int) -> tuple[np.ndarray, np.ndarray, np.random.RandomState]:
+    """scikit-learn's digits (N, 64) and labels (N,) in :func:`digits`' permuted order, with the
+    RandomState that drew the permutation (it draws the noise next)."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    rng = np.random.RandomState(seed)
+    order = rng.permutation(len(bunch.data))
+    return bunch.data[order], bunch.target[order], rng
+
+
+def digits_labels(split: str, seed: int = 0) -> np.ndarray:
+    """The labels (0..9) of one split of :func:`digits` with the same ``seed``, in the same order.
+
+    Shapes: (1437,) for "train", (179,) for "valid", (181,) for "test".
+
+    Raises:
+        DataError: for a split other than "train", "valid", "test".
+    """
+    labels = _permuted_digits(seed)[1]
+    return _split_part(base.split(labels, *fraction_sizes(len(labels)), "digits"), split)
+
+
+def _split_part(parts: Sequence[np.ndarray], split: str) -> np.ndarray:
+    """The part of (train, valid, test) named ``split``.
+
+    Raises:
+        DataError: for a split other than "train", "valid", "test".
+    """
+    names = ("train", "valid", "test")
+    if split not in names:
+        raise DataError(f"unknown split '{split}' (expected train, valid or test)")
+    return parts[names.index(split)]
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -258,10 +289,7 @@ def mnist_labels(
     """
     train, test = _mnist_arrays(data_dir, "labels", name)
     n_train = len(train) - _mnist_valid_size(len(train), images)
-    parts = {"train": train[:n_train], "valid": train[n_train:], "test": test}
-    if split not in parts:
-        raise DataError(f"unknown split '{split}' (expected train, valid or test)")
-    return parts[split]
+    return _split_part((train[:n_train], train[n_train:], test), split)
 
 
 @dataclasses.dataclass
@@ -344,6 +372,28 @@ def image_folder(
             sizes), fewer than 10 images, or a bad ``image_size``.
     """
     root = Path(path).expanduser()
+    pixels = folder_pixels(root, image_size)
+    n = len(pixels)
+    n_train, n_valid = fraction_sizes(n)
+    if min(n_train, n_valid, n - n_train - n_valid) < 1:
+        raise DataError(f"{root}: {n} images are too few to split 80/10/10 into train/valid/test (at least 10)")
+    rng = np.random.RandomState(seed)
+    x = dequantise(pixels[rng.permutation(n)], rng)
+    parts = base.split(x, n_train, n_valid, str(root))
+    return DataSet(root.name, *map(to_tensor, parts), image_shape=x.shape[1:], levels=256)
+
+
+def folder_pixels(path: str | Path, image_size: int | Sequence[int] | None = None) -> np.ndarray:
+    r"""The 8-bit pixels of every image file of a folder, in the order and with the rules of
+    :func:`image_folder` (files, channels, size), without splitting or dequantising them.
+
+    Shapes: (N, C, H, W) uint8, N >= 1.
+
+    Raises:
+        FileNotFoundError: if ``path`` is not a folder.
+        DataError: as :func:`image_folder`, but for the number of images (one is enough).
+    """
+    root = Path(path).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: not a folder")
     size = _image_size(image_size)
@@ -367,21 +417,11 @@ def image_folder(
             f"{root}: images of different sizes (H x W), {a} is {h}x{w} but {b} is {h2}x{w2}; "
             "pass image_size to resize them"
         )
-    n = len(arrays)
-    n_train, n_valid = fraction_sizes(n)
-    if min(n_train, n_valid, n - n_train - n_valid) < 1:
-        raise DataError(f"{root}: {n} images are too few to split 80/10/10 into train/valid/test (at least 10)")
     if any(a.ndim == 3 for a in arrays):
         # L -> RGB in Pillow copies the grey level into each channel.
         arrays = [a if a.ndim == 3 else np.repeat(a[..., None], 3, axis=-1) for a in arrays]
-        pixels = np.stack(arrays).transpose(0, 3, 1, 2)
-    else:
-        pixels = np.stack(arrays)[:, None]
-    del arrays
-    rng = np.random.RandomState(seed)
-    x = dequantise(pixels[rng.permutation(n)], rng)
-    parts = base.split(x, n_train, n_valid, str(root))
-    return DataSet(root.name, *map(to_tensor, parts), image_shape=x.shape[1:], levels=256)
+        return np.stack(arrays).transpose(0, 3, 1, 2)
+    return np.stack(arrays)[:, None]
 
 
 def _image_size(image_size: int | Sequence[int] | None) -> tuple[int, int] | None:
@@ -395,6 +435,23 @@ def _image_size(image_size: int | Sequence[int] | None) -> tuple[int, int] | Non
 
 _GREY_MODES = ("1", "L", "LA")
 _COLOUR_MODES = ("RGB", "RGBA", "RGBX", "RGBa", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV")
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """One image file read as :func:`image_folder` reads each of its files (grey stays one
+    channel, anything else becomes RGB).
+
+    Shapes: (C, H, W) uint8, C = 1 or 3.
+
+    Raises:
+        FileNotFoundError: if the file does not exist.
+        DataError: for a file Pillow cannot read or an image that is not 8-bit.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such image file")
+    array = _read_image(path, None)
+    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 
 def _read_image(file: Path, size: tuple[int, int] | None) -> np.ndarray:

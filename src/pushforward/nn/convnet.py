@@ -12,15 +12,22 @@ __all__ = ["ConvNet", "cat_context_channels"]
 
 
 def cat_context_channels(u: Tensor, context: Tensor | None, context_features: int, owner: str) -> Tensor:
-    """Append the context to an image as constant channels: (*batch, C, H, W) ->
+    """Append the context to an image: a vector context (*batch, context_features) as constant
+    channels, an image context (*batch, context_features, H, W) (features of another image, e.g.
+    the pixels that condition a dequantizer) as it is: (*batch, C, H, W) ->
     (*batch, C + context_features, H, W).
 
     Raises:
         ValueError: if ``owner`` was built with context_features > 0 and no context (or one of
-            another size) is given.
+            another size) is given, or for an image context of another height and width.
     """
     if not context_features:
         return u
+    if context is not None and context.dim() == u.dim():
+        if context.shape[-3] != context_features or context.shape[-2:] != u.shape[-2:]:
+            raise ValueError(f"{owner} expects an image context of shape (*batch, {context_features}, "
+                             f"{u.shape[-2]}, {u.shape[-1]}), got {tuple(context.shape)}")
+        return torch.cat([u, context], dim=-3)
     check_context(context, context_features, owner)
     planes = context[..., :, None, None].expand(*u.shape[:-3], context_features, *u.shape[-2:])
     return torch.cat([u, planes], dim=-3)

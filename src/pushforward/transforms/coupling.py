@@ -119,11 +119,13 @@ class ImageCoupling(Transform):
     Real NVP's channel-wise masks). "checkerboard" transforms the pixels with (i + j) % 2 ==
     ``parity`` given the others: the conditioner sees the image with the transformed pixels set
     to 0 (Real NVP's spatial checkerboard). ladj = sum over the transformed elements of
-    log|f'(z_b; h)|. The context, if any, enters the conditioner as constant channels. With an
+    log|f'(z_b; h)|. The context, if any, enters the conditioner as constant channels (a vector
+    context) or as extra channels (an image context of the image's height and width). With an
     affine map (:class:`~pushforward.transforms.AffineMap`, log-scale bounded by a tanh) this is
     the affine coupling of Real NVP and Glow, with an additive map NICE's.
 
-    Shapes: z, x (*batch, C, H, W); context (*batch, context_features); ladj (*batch,).
+    Shapes: z, x (*batch, C, H, W); context (*batch, context_features) or
+    (*batch, context_features, H, W); ladj (*batch,).
 
     Reference: Dinh, Sohl-Dickstein & Bengio. Density estimation using Real NVP. ICLR 2017,
     section 3.4 (masks) and eqs. (6)-(9); Kingma & Dhariwal. Glow. NeurIPS 2018, table 1.
