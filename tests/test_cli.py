@@ -370,9 +370,9 @@ def test_corrupted_run_folders_name_the_bad_key(tmp_path, moons_run):
 
 
 def test_sample_writes_in_chunks_and_refuses_what_cannot_fit(moons_run, tmp_path, monkeypatch):
-    from pushforward import cli
+    from pushforward.cli import density
 
-    monkeypatch.setattr(cli, "_CHUNK_NUMBERS", 64)  # 32 rows of moons at a time
+    monkeypatch.setattr(density, "_CHUNK_NUMBERS", 64)  # 32 rows of moons at a time
     run("sample", moons_run, "-n", 1000, "-o", tmp_path / "s.npy")
     run("sample", moons_run, "-n", 1000, "-o", tmp_path / "s.csv")
     npy, csv = np.load(tmp_path / "s.npy"), np.loadtxt(tmp_path / "s.csv", delimiter=",")
@@ -496,7 +496,7 @@ def test_a_solve_that_does_not_converge_is_a_one_line_error():
     one line, like the library's other documented errors."""
     import click
 
-    from pushforward.cli_common import one_line_errors
+    from pushforward.cli.common import one_line_errors
     from pushforward.transforms import ConvergenceError
 
     @click.command()

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from pushforward import vae
 from pushforward.data import BinaryImages
-from pushforward.cli_vi import vae as vae_command
+from pushforward.cli.vae import vae as vae_command
 from pushforward import testing
 from cli_helpers import invoke, tensorboard_scalars
 from pushforward.testing import perturb

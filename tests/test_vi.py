@@ -8,7 +8,7 @@ import torch
 
 import pushforward as pf
 from pushforward import targets, vi
-from pushforward.cli_vi import vi as vi_command
+from pushforward.cli.vi import vi as vi_command
 from pushforward.core import Chain, Flow
 from pushforward.distributions import DiagNormal, StandardNormal
 from pushforward.transforms.elementwise import AffineMap, Elementwise

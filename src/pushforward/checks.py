@@ -64,7 +64,7 @@ _SIZE, _COUNT = Range(1, integer=True), Range(0, integer=True)
 _POSITIVE, _NON_NEGATIVE = Range(0, low_open=True), Range(0)
 
 # The one table of numeric arguments: the library's checks and the command line's option types
-# (pushforward.cli_common.number) read it.
+# (pushforward.cli.common.number) read it.
 RANGES: dict[str, Range] = {
     **dict.fromkeys(["features", "transforms", "hidden_features", "bins", "units", "layers", "embedding",
                      "integrand_features", "nodes", "degree", "polynomials", "columns", "reflections", "latent",

@@ -1,12 +1,13 @@
 r"""What the ``pushforward`` sub-commands share: one-line errors, the options of a run
 (device, threads, run folder, JSON, progress), and the parsing of sizes and devices.
 
-``fit`` (:mod:`pushforward.cli`), ``vi`` and ``vae`` (:mod:`pushforward.cli_vi`) all write a run
+``fit`` (:mod:`.density`), ``vi`` (:mod:`.vi`) and ``vae`` (:mod:`.vae`) all write a run
 folder and take the same run options, declared once here by :func:`run_options`.
 """
 
 from __future__ import annotations
 
+import json
 import functools
 import os
 from pathlib import Path
@@ -14,12 +15,13 @@ from pathlib import Path
 import click
 import torch
 
-from .checks import RANGES, Range
-from .flows import preset_options
-from .runs import check_out
-from .transforms.numerical import ConvergenceError
+from .. import data as datasets
+from ..checks import RANGES, Range
+from ..flows import preset_options
+from ..runs import check_out
+from ..transforms.numerical import ConvergenceError
 
-__all__ = ["one_line_errors", "run_options", "tensorboard_option", "number", "SIZES", "IMAGE_SIZE", "fresh_out", "check_output_file", "torch_device", "preset_kwargs",
+__all__ = ["load_data", "emit", "one_line_errors", "run_options", "tensorboard_option", "number", "SIZES", "IMAGE_SIZE", "fresh_out", "check_output_file", "torch_device", "preset_kwargs",
            "stacked"]
 
 
@@ -223,3 +225,16 @@ def preset_kwargs(flow: str, options: dict) -> dict:
         if name not in accepted and ctx.get_parameter_source(name).name != "DEFAULT":
             raise click.UsageError(f"--{name.replace('_', '-')} does not apply to --flow {flow}")
     return {k: v for k, v in options.items() if k in accepted and v is not None}
+
+
+def emit(metrics: dict, as_json: bool, line: str) -> None:
+    """Print the run's metrics as one JSON line (``--json``) or as the human-readable ``line``."""
+    click.echo(json.dumps(metrics) if as_json else line)
+
+
+def load_data(spec: dict) -> datasets.DataSet:
+    """The data set a run's config.json names (its "data" entry), loaded as at fit time."""
+    size = spec.get("image_size")
+    return datasets.load(spec["name"], spec.get("data_dir"), seed=spec.get("seed", 0),
+                         test_path=spec.get("test_path"), n=spec.get("n"), images=spec.get("images", False),
+                         image_size=size if size is None or len(size) > 1 else size[0])

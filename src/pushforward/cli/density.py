@@ -1,4 +1,4 @@
-r"""The ``pushforward`` command: fit, evaluate and sample normalizing flows on data sets or files.
+r"""``pushforward fit``, ``evaluate`` and ``sample``: density estimation with a flow on data sets or files.
 
     pushforward fit [--data digits] [--flow maf] --out DIR [--nproc N]
     pushforward evaluate DIR [--split test] [--json] [--device cuda]
@@ -23,29 +23,20 @@ import click
 import numpy as np
 import torch
 
-from . import data as datasets
-from . import distributed
-from .checks import check_memory, training_memory
-from .config import DataConfig, FitConfig, VaeConfig, ViConfig, read_config, validate_config
-from .data.base import to_tensor
-from .experiment import (CHECKPOINT, METRICS, build_flow, gaussian_baseline, load_run, measure, measure_rows,
+from .. import data as datasets
+from .. import distributed
+from ..checks import check_memory, training_memory
+from ..config import DataConfig, FitConfig, VaeConfig, ViConfig, read_config, validate_config
+from ..data.base import to_tensor
+from ..experiment import (CHECKPOINT, METRICS, build_flow, gaussian_baseline, load_run, measure, measure_rows,
                          save_run, standardisation, write_json)
-from .cli_common import (IMAGE_SIZE, SIZES, absolute, check_output_file, fresh_out, number, one_line_errors, preset_kwargs,
+from .common import (load_data, IMAGE_SIZE, SIZES, absolute, check_output_file, fresh_out, number, one_line_errors, preset_kwargs,
                          run_options, tensorboard_option, torch_device)
-from .runs import RunFolder
-from .cli_latent import interpolate, manipulate
-from .cli_vi import vae, vi
-from .flows import IMAGE_PRESETS, PRESETS
-from .train import atomic_write, fit as fit_flow
+from ..runs import RunFolder
+from ..flows import IMAGE_PRESETS, PRESETS
+from ..train import atomic_write, fit as fit_flow
 
-__all__ = ["main"]
-
-
-def _load_data(spec: dict) -> datasets.DataSet:
-    size = spec.get("image_size")
-    return datasets.load(spec["name"], spec.get("data_dir"), seed=spec.get("seed", 0),
-                         test_path=spec.get("test_path"), n=spec.get("n"), images=spec.get("images", False),
-                         image_size=size if size is None or len(size) > 1 else size[0])
+__all__ = ["fit", "evaluate", "sample"]
 
 
 def _emit(metrics: dict, as_json: bool) -> None:
@@ -85,19 +76,6 @@ def _gaussian_metrics(dataset) -> dict | None:
         return None
 
 
-def _plots(out: Path, flow, dataset, history: list[dict]) -> None:
-    from . import plots
-
-    if history:
-        plots.learning_curve(history, out / "learning_curve.png")
-    if dataset.features == 2:
-        plots.density_2d(flow, dataset.test, out / "density.png")
-    if dataset.image_shape is not None:
-        torch.manual_seed(0)
-        plots.image_grid(_data_space(flow.sample((64,)).float(), dataset), dataset.image_shape,
-                         dataset.levels or 256, out / "samples.png")
-
-
 def _data_space(samples: torch.Tensor, dataset) -> torch.Tensor:
     if dataset.to_data is None:
         return samples
@@ -105,13 +83,7 @@ def _data_space(samples: torch.Tensor, dataset) -> torch.Tensor:
         return dataset.to_data(samples)[0]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="pushforward")
-def main():
-    """Normalizing flows: fit, evaluate and sample on built-in data sets or your files."""
-
-
-@main.command()
+@click.command()
 @click.option("--data", default="digits", show_default=True,
               help="Data set name (moons, circles, 8gaussians, checkerboard, pinwheel, 2spirals, rings, "
                    "digits, mnist, power, gas, hepmass, miniboone, bsds300) or a .csv/.npy/.npz file of shape (N, D).")
@@ -296,7 +268,7 @@ def _fit_job(job: dict) -> str:
     distributed.barrier()
     lead = distributed.rank() == 0
     out, config, resume, as_json = Path(job["out"]), job["config"], job["resume"], job["as_json"]
-    dataset = _load_data(config["data"])
+    dataset = load_data(config["data"])
     if lead and not as_json:
         click.echo(f"data: {dataset!r}", err=True)
     if not resume:
@@ -342,7 +314,9 @@ def _fit_job(job: dict) -> str:
                        stopped=result.stopped, processes=job["processes"], history=result.history,
                        gaussian_baseline=_gaussian_metrics(dataset))
         write_json(metrics, out / METRICS)
-        _plots(out, flow, dataset, result.history)
+        from .. import plots
+
+        plots.fit_figures(out, flow, dataset, result.history)
     if not as_json:
         click.echo(f"stopped: {result.stopped} after {len(result.history)} epochs ({result.seconds:.0f} s), "
                    f"best epoch {result.best_epoch}", err=True)
@@ -357,7 +331,7 @@ def _fit_job(job: dict) -> str:
     return result.stopped
 
 
-@main.command()
+@click.command()
 @click.argument("run", type=click.Path(file_okay=False))
 @click.option("--data", default=None,
               help="Evaluate on this built-in data set (its --split) or on every row of this file (held-out data) "
@@ -408,7 +382,7 @@ def evaluate(run, data, data_dir, split, as_json, device, iw_samples):
         spec = config.data.model_dump()
         if data is not None:
             spec.update(name=data, data_dir=data_dir, test_path=None, n=None)
-        dataset = _load_data(spec)
+        dataset = load_data(spec)
         _check_shape(dataset.event_shape, config, run)
         metrics = {**asdict(measure(flow, dataset, split, iw_samples=iw_samples)), "split": split,
                    "scored": f"the {split} split of {config.data.display or spec['name'] if data is None else data}"}
@@ -430,7 +404,7 @@ def _check_shape(found: tuple[int, ...], config: FitConfig, run: str) -> None:
 _CHUNK_NUMBERS = 2**22
 
 
-@main.command()
+@click.command()
 @click.argument("run", type=click.Path(file_okay=False))
 @click.option("-n", "count", type=number("count"), default=64, show_default=True, help="Number of samples.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True,
@@ -464,7 +438,7 @@ def sample(run, count, output, overwrite, seed, temperature, reference_space, de
     data = config.data if isinstance(config, FitConfig) else None
     to_data = None
     if data is not None and not reference_space and data.space != "data":
-        to_data = _load_data(data.model_dump()).to_data
+        to_data = load_data(data.model_dump()).to_data
     torch.manual_seed(seed)
     size = max(1, _CHUNK_NUMBERS // features)
 
@@ -494,7 +468,7 @@ def _write_npy(f, chunks, count: int) -> None:
 
 
 def _sample_png(x: torch.Tensor, data: DataConfig | None, output: str) -> None:
-    from . import plots
+    from .. import plots
 
     if data is not None and data.image_shape:
         plots.image_grid(x, tuple(data.image_shape), data.levels or 256, output)
@@ -503,11 +477,3 @@ def _sample_png(x: torch.Tensor, data: DataConfig | None, output: str) -> None:
     ax.scatter(x[:, 0].numpy(), x[:, 1 % x.shape[1]].numpy(), s=2)
     plots.save_figure(fig, output)
 
-
-main.add_command(vi)
-main.add_command(vae)
-main.add_command(interpolate)
-main.add_command(manipulate)
-
-if __name__ == "__main__":
-    main()

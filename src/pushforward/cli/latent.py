@@ -21,12 +21,12 @@ import click
 import numpy as np
 import torch
 
-from . import data as datasets
-from . import latent
-from .cli_common import check_output_file, number, one_line_errors, stacked, torch_device
-from .config import FitConfig
-from .experiment import load_run
-from .flows import IMAGE_PRESETS
+from .. import data as datasets
+from .. import latent
+from .common import load_data, check_output_file, number, one_line_errors, stacked, torch_device
+from ..config import FitConfig
+from ..experiment import load_run
+from ..flows import IMAGE_PRESETS
 
 __all__ = ["interpolate", "manipulate"]
 
@@ -50,9 +50,7 @@ class _Run:
     @property
     def dataset(self) -> datasets.DataSet:
         if self._dataset is None:
-            from .cli import _load_data
-
-            self._dataset = _load_data(self.config.data.model_dump())
+            self._dataset = load_data(self.config.data.model_dump())
         return self._dataset
 
     def pixels(self, values: np.ndarray, where: str) -> torch.Tensor:
@@ -115,7 +113,7 @@ def _output(output: str, overwrite: bool) -> None:
 
 
 def _write(run: _Run, images: torch.Tensor, cols: int, output: str) -> None:
-    from . import plots
+    from .. import plots
 
     plots.image_grid(images.detach().cpu().float(), run.shape, run.levels, output, cols=cols)
 

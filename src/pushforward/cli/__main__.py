@@ -1,0 +1,5 @@
+"""``python -m pushforward.cli``: the ``pushforward`` command."""
+
+from . import main
+
+main()
