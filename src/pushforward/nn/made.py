@@ -290,7 +290,7 @@ class _MaskedLayers(nn.Module):
             weights.append(weight)
             biases.append(torch.empty(mask.shape[0]).uniform_(-bound, bound))
         self.packed = nn.Parameter(self._layout.pack(weights, biases))
-        self.register_buffer("free", self._layout.free.float(), persistent=False)
+        self.register_buffer("free", self._layout.free.to(self.packed.dtype), persistent=False)
         self._clean_version: int | None = None
 
     def reset_masked_(self) -> None:
