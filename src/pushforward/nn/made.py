@@ -119,6 +119,11 @@ class _Layout:
         self.free = torch.cat(free)
         self._operands: tuple[Tensor, int, list[list[_Operands]]] | None = None  # see operands()
 
+    def __getstate__(self) -> dict:
+        # the cached views belong to one parameter; a copy (deepcopy, as sbi makes of its best
+        # estimator, or pickle) rebuilds them from its own
+        return {**self.__dict__, "_operands": None}
+
     def operands(self, flat: Tensor) -> list[list[_Operands]]:
         """Per layer, the :class:`_Operands` of each run, as views of ``flat``; for a parameter,
         kept until another tensor or storage comes (making the views cost about a sixth of a
