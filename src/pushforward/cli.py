@@ -29,6 +29,7 @@ from . import distributed
 from .checks import check_memory, training_memory
 from .config import DataConfig, FitConfig, VaeConfig, ViConfig, read_config, validate_config
 from .data.base import to_tensor
+from .distributions import BASES
 from .experiment import (CHECKPOINT, METRICS, build_flow, gaussian_baseline, load_run, measure, measure_rows,
                          save_run, standardisation, write_json)
 from .cli_common import (IMAGE_SIZE, SIZES, check_output_file, fresh_out, number, one_line_errors, preset_kwargs, run_options,
@@ -122,6 +123,9 @@ def main():
               help="Autoregressive or coupling layers (nsf).")
 @click.option("--normalization", type=click.Choice(["none", "batch", "act"]), default="none", show_default=True,
               help="Normalisation layer between flow layers.")
+@click.option("--base", type=click.Choice(list(BASES)), default="normal", show_default=True,
+              help="Base distribution: normal, mixture (learned Gaussian mixture) or box (data bounded by the training "
+                   "range widened by 10% on each side, through a sigmoid).")
 @click.option("--levels", type=number("levels"), default=None,
               help="Image flows: number of levels (scales) of the multi-scale architecture (default: the preset's).")
 @click.option("--steps", type=number("steps"), default=None, help="glow: flow steps per level.")
@@ -169,7 +173,7 @@ def main():
               help="Continue the interrupted or finished run in this folder with its own settings: "
                    "--epochs and --max-minutes may be changed, other training options are refused.")
 @one_line_errors
-def fit(data, data_dir, test_file, flow_name, transforms, hidden_features, bins, autoregressive, normalization,
+def fit(data, data_dir, test_file, flow_name, transforms, hidden_features, bins, autoregressive, normalization, base,
         levels, steps, hidden_channels, blocks, convolution, additive, trace, rtol, atol, kinetic, jacobian, adjoint,
         image_size, epochs, batch_size, lr, weight_decay, schedule, clip_grad, patience, max_minutes, seed, float64, compiled,
         device, threads, nproc, out, overwrite, resume, as_json, quiet):
@@ -207,7 +211,7 @@ def fit(data, data_dir, test_file, flow_name, transforms, hidden_features, bins,
         out = fresh_out(out, f"{Path(data).stem}-{flow_name}", overwrite)
         kwargs = preset_kwargs(flow_name, {
             "transforms": transforms, "normalization": None if normalization == "none" else normalization,
-            "hidden_features": hidden_features, "bins": bins, "autoregressive": autoregressive, "levels": levels,
+            "hidden_features": hidden_features, "bins": bins, "autoregressive": autoregressive, "base": base, "levels": levels,
             "steps": steps, "hidden_channels": hidden_channels, "blocks": blocks, "convolution": convolution,
             "additive": additive, "trace": trace, "rtol": rtol, "atol": atol, "kinetic": kinetic,
             "jacobian": jacobian, "adjoint": adjoint})
@@ -303,7 +307,7 @@ def _fit_job(job: dict) -> str:
             config["flow_kwargs"]["pixel_levels"] = dataset.levels  # the preset maps to [0, levels)
             flow = build_flow(config["flow"], dataset.event_shape, config["flow_kwargs"])
         else:
-            flow = build_flow(config["flow"], dataset.features, config["flow_kwargs"], *standardisation(dataset.train))
+            flow = build_flow(config["flow"], dataset.features, config["flow_kwargs"], *standardisation(dataset.train, config["flow_kwargs"].get("base")))
     else:
         flow, _ = load_run(out, weights=CHECKPOINT)
     with RunFolder(out, replace=job["replace"], resume=resume) if lead else contextlib.nullcontext() as run:
