@@ -66,6 +66,8 @@ def test_sbi_estimator_shapes_and_errors():
         pf.integrations.sbi.build("nope")
     with pytest.raises(ValueError, match="embedding_net"):
         pf.integrations.sbi.build("maf")(torch.randn(50, 3), torch.randn(50, 2, 2))
+    with pytest.raises(ValueError, match="as embedding_net"):
+        pf.integrations.sbi.build("maf", embedding=nn.Identity())
 
 
 def test_sbi_estimator_z_scores_like_sbi():

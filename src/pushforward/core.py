@@ -304,7 +304,7 @@ class Flow(nn.Module):
         except RuntimeError:
             raise ValueError(f"context has batch shape {tuple(context.shape[:-1])}, data has {tuple(batch)}: "
                              f"they do not broadcast") from None
-        return x.expand(common + self.event_shape), context.expand(common + context.shape[-1:])
+        return _broadcast(x, common + self.event_shape), _broadcast(context, common + context.shape[-1:])
 
     def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         """Log-density of ``x`` in nats, shape (*batch,), the batch shape of ``x`` broadcast
@@ -394,6 +394,11 @@ class Flow(nn.Module):
     def as_distribution(self, context: Tensor | None = None) -> torch.distributions.Distribution:
         """A :class:`torch.distributions.Distribution` view of the flow (given ``context``)."""
         return FlowDistribution(self, context)
+
+
+def _broadcast(t: Tensor, shape: torch.Size) -> Tensor:
+    """``t`` broadcast to ``shape``, contiguous (transforms may ``view`` their inputs)."""
+    return t if t.shape == shape else t.expand(shape).contiguous()
 
 
 def _as_dtype(x: Tensor, base: nn.Module, name: str) -> Tensor:

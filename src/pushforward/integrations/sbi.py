@@ -149,12 +149,13 @@ def build(name: str, z_score_theta: str | None = "independent", z_score_x: str |
         **options: the preset's own arguments (``transforms``, ``hidden_features``, ``bins``...).
 
     Raises:
-        ValueError: for an unknown preset or an unknown z-scoring, and, when the builder is
+        ValueError: for an unknown preset, an unknown z-scoring or an ``embedding`` option
+            (use ``embedding_net``), and, when the builder is
             called, for theta that is not (N, D) or x of several dimensions without an
             embedding network.
 
     Example:
-        >>> import pushforward as pf
+        >>> import torch, pushforward as pf
         >>> builder = pf.integrations.sbi.build("maf", transforms=2, hidden_features=(16,))
         >>> estimator = builder(torch.randn(50, 3), torch.randn(50, 4))
         >>> estimator.log_prob(torch.randn(7, 2, 3), torch.randn(2, 4)).shape
@@ -162,6 +163,8 @@ def build(name: str, z_score_theta: str | None = "independent", z_score_x: str |
     """
     if name not in PRESETS:
         raise ValueError(f"unknown flow {name!r} (known: {', '.join(sorted(PRESETS))})")
+    if "embedding" in options:
+        raise ValueError("pass the embedding network as embedding_net, which build puts after the z-scoring of x")
     for z_score in (z_score_theta, z_score_x):
         z_score_parser(z_score)
 
