@@ -39,6 +39,7 @@ def estimators() -> dict:
     """The density-estimator builders compared, by label."""
     return {
         "pushforward nsf": pf.integrations.sbi.build("nsf", bins=10, **OURS),
+        "pushforward nsf autoregressive": pf.integrations.sbi.build("nsf", bins=10, autoregressive=True, **OURS),
         "pushforward maf": pf.integrations.sbi.build("maf", **OURS),
         "sbi maf (nflows, NPE's default)": posterior_nn("maf", **SIZES),
         "sbi nsf (nflows)": posterior_nn("nsf", **SIZES),

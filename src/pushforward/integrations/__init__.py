@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-__all__ = ["sbi", "pyro", "require"]
+__all__ = ["require"]  # sbi and pyro load on access: a star import must not need either
 
 
 def require(package: str, extra: str) -> ModuleType:
