@@ -384,3 +384,23 @@ def test_cached_operand_views_follow_the_parameter():
     torch.testing.assert_close(made(x.double()), reference(made, x.double()))
     torch.testing.assert_close(twin(x.double()), reference(twin, x.double()))
     assert not torch.allclose(twin(x.double()), made(x.double()))
+
+
+def test_a_trained_made_flow_deep_copies():
+    """sbi deep-copies its best estimator: the cached views of the packed weights, made under
+    no_grad and then stepped by the optimiser, must not travel with the copy."""
+    import copy
+
+    import pushforward as pf
+
+    flow = pf.MAF(2, 3, transforms=1, hidden_features=(8,))
+    x, c = torch.randn(4, 2), torch.randn(4, 3)
+    with torch.no_grad():
+        flow.log_prob(x, c)
+    optimiser = torch.optim.Adam(flow.parameters())
+    (-flow.log_prob(x, c).mean()).backward()
+    optimiser.step()
+    with torch.no_grad():
+        flow.log_prob(x, c)
+    clone = copy.deepcopy(flow)
+    torch.testing.assert_close(clone.log_prob(x, c), flow.log_prob(x, c))

@@ -11,7 +11,8 @@ BLOCKS = re.findall(r"```python\n(.*?)```", README, flags=re.S)
 
 
 @pytest.mark.parametrize("code", BLOCKS, ids=[f"block{i}" for i in range(len(BLOCKS))])
-def test_readme_python_examples_run(code):
+def test_readme_python_examples_run(code, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # what an example writes (sbi's sbi-logs/) stays out of the repository
     exec(compile(code, "README.md", "exec"), {})
 
 

@@ -5,9 +5,9 @@ log-abs-det-Jacobian of the map it applied; a :class:`Flow` is the pushforward o
 distribution by a transform. See DESIGN.md for the conventions.
 """
 
-from . import data, dequantization, distributions, flows, latent, nn, testing, transforms
+from . import data, dequantization, distributions, flows, integrations, latent, nn, testing, transforms
 from .core import Chain, Flow, Inverse, Transform
-from .distributions import DiagNormal, StandardNormal
+from .distributions import DiagNormal, GaussianMixture, StandardNormal
 from .flows import IAF, MAF, NSF, RealNVP
 from .flows import BNAF, NAF, NICE, UMNN
 from .flows import HouseholderFlow, LUFlow, PlanarFlow, RadialFlow, SylvesterFlow
@@ -19,12 +19,12 @@ from .train import Evaluation, FitResult, evaluate, fit, log_likelihoods
 from . import targets, vae, vi
 
 __all__ = [
-    "Transform", "Chain", "Inverse", "Flow", "StandardNormal", "DiagNormal",
+    "Transform", "Chain", "Inverse", "Flow", "StandardNormal", "DiagNormal", "GaussianMixture",
     "MAF", "IAF", "RealNVP", "NSF", "NICE", "NAF", "BNAF", "UMNN",
     "PlanarFlow", "RadialFlow", "SylvesterFlow", "HouseholderFlow", "LUFlow",
     "SOSFlow", "BernsteinFlow", "FFJORD", "Glow", "RealNVPImage", "ResidualFlow", "IResNet",
     "fit", "evaluate", "log_likelihoods", "FitResult", "Evaluation",
-    "flows", "distributions", "transforms", "nn", "testing", "data", "latent", "dequantization",
+    "flows", "distributions", "transforms", "nn", "testing", "data", "latent", "dequantization", "integrations",
     "targets", "vi", "vae",
 ]
 __version__ = "0.1.0"

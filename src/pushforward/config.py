@@ -12,9 +12,10 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, field_validator
 
 from .checks import RANGES
+from .distributions import BASES
 
 __all__ = ["DataConfig", "TrainConfig", "Settings", "FitConfig", "ViConfig", "VaeConfig", "read_config", "validate_config"]
 
@@ -85,6 +86,13 @@ class FitConfig(_Schema):
     dequantization: Literal["uniform", "variational"] = "uniform"  # of image data (pushforward.dequantization)
     data: DataConfig
     train: TrainConfig
+
+    @field_validator("flow_kwargs")
+    @classmethod
+    def _known_base(cls, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if kwargs.get("base", "normal") not in BASES:
+            raise ValueError(f"base must be one of {', '.join(BASES)}, got {kwargs['base']!r}")
+        return kwargs
 
 
 class ViConfig(_Schema):

@@ -228,13 +228,27 @@ class Flow(nn.Module):
     log p(x | c) = log p_base(z) + log|det dz/dx|, with z = transform.inverse(x, c).
     Samples are x = transform(z, c), z ~ base.
 
-    Shapes: x (*batch, *event); context (*batch, context_features) or None; log_prob (*batch,),
-    in nats.
+    With an ``embedding`` network e, the transforms read e(c) instead of c: the context may
+    then have any shape that e takes (an image, a set, a sequence), e is trained jointly with
+    the flow, and e(c) must end in ``context_features``.
+
+    The batch shapes of data and (embedded) context broadcast: one context row (context_features,)
+    or (1, context_features) serves every data row, as in :meth:`as_distribution`.
+
+    Shapes: x (*batch, *event); context (*batch_c, context_features), or (*batch_c, *raw) when
+    e maps it to (*batch_c, context_features), or None; *batch_c broadcasts with *batch;
+    log_prob (broadcast batch,), in nats.
 
     Args:
         base: a base distribution module of :mod:`pushforward.distributions` (anything with
             ``event_shape``, ``log_prob(z)`` and ``rsample(shape)``).
         transform: the transform g from base to data space.
+        embedding: an ``nn.Module`` applied to the context before the transforms read it, or
+            None.
+
+    Raises:
+        ValueError: if base and transform disagree on the event dimensions, or an embedding is
+            given to a flow that takes no context.
 
     Example:
         >>> import torch, pushforward as pf
@@ -243,7 +257,7 @@ class Flow(nn.Module):
         torch.Size([5])
     """
 
-    def __init__(self, base: nn.Module, transform: Transform):
+    def __init__(self, base: nn.Module, transform: Transform, embedding: nn.Module | None = None):
         super().__init__()
         base_dims = len(base.event_shape)
         if base_dims != transform.event_dims:
@@ -255,6 +269,9 @@ class Flow(nn.Module):
         # a flow is conditional when a part of it was built to read a context (its conditioner,
         # a MADE or context parameters, records how many features)
         self.context_features = max((getattr(m, "context_features", 0) or 0 for m in transform.modules()), default=0)
+        if embedding is not None and not self.context_features:
+            raise ValueError("an embedding network needs a conditional flow: give context_features > 0")
+        self.embedding = embedding
 
     @property
     def event_shape(self) -> torch.Size:
@@ -266,37 +283,71 @@ class Flow(nn.Module):
             raise ValueError(f"this flow takes no context (none of its transforms was built with context_features > 0), "
                              f"got a context of shape {tuple(context.shape)}")
 
-    def _check(self, x: Tensor, context: Tensor | None) -> Tensor:
+    def embed(self, context: Tensor | None) -> Tensor | None:
+        """The context as the transforms read it: ``embedding(context)`` with an embedding
+        network, else ``context``; shape (*batch_c, context_features).
+
+        Raises:
+            ValueError: for a context given to a flow that takes none, a context holding NaN/inf,
+                one the embedding cannot take, or an embedded context that does not end in
+                ``context_features``.
+        """
+        self._check_context(context)
+        if context is None:
+            return None
+        check_finite(context, "context")
+        if self.embedding is not None:
+            try:
+                embedded = self.embedding(context)
+            except RuntimeError as error:
+                first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                raise ValueError(f"the embedding network cannot take a context of shape "
+                                 f"{tuple(context.shape)}: {first}") from None
+            if embedded.dim() == 0 or embedded.shape[-1] != self.context_features:
+                raise ValueError(f"the embedding maps a context of shape {tuple(context.shape)} to "
+                                 f"{tuple(embedded.shape)}, the flow reads (*batch, {self.context_features}) "
+                                 f"(its context_features)")
+            return embedded
+        if context.dim() == 0 or context.shape[-1] != self.context_features:
+            raise ValueError(f"context has shape {tuple(context.shape)}, expected "
+                             f"(*batch, {self.context_features}) (the flow's context_features)")
+        return context
+
+    def _check(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """Checked data and embedded context, both expanded to their common batch shape."""
         check_event_shape(x, self.event_shape, "data")
         x = _as_dtype(x, self.base, "data")
         check_finite(x, "data")
-        self._check_context(context)
-        if context is not None:
-            batch = x.shape[: x.dim() - len(self.event_shape)]
-            if context.shape[:-1] != batch:
-                raise ValueError(
-                    f"context has batch shape {tuple(context.shape[:-1])}, data has {tuple(batch)}"
-                )
-            check_finite(context, "context")
-        return x
+        context = self.embed(context)
+        if context is None:
+            return x, None
+        batch = x.shape[: x.dim() - len(self.event_shape)]
+        try:
+            common = torch.broadcast_shapes(batch, context.shape[:-1])
+        except RuntimeError:
+            raise ValueError(f"context has batch shape {tuple(context.shape[:-1])}, data has {tuple(batch)}: "
+                             f"they do not broadcast") from None
+        return _broadcast(x, common + self.event_shape), _broadcast(context, common + context.shape[-1:])
 
     def log_prob(self, x: Tensor, context: Tensor | None = None) -> Tensor:
-        """Log-density of ``x`` in nats, shape (*batch,).
+        """Log-density of ``x`` in nats, shape (*batch,), the batch shape of ``x`` broadcast
+        with that of the (embedded) context.
 
         Integer data are cast to the flow's floating-point type.
 
         Raises:
             ValueError: if ``x`` has the wrong trailing shape, holds NaN/inf, has a floating-point
                 type other than the flow's, or lies outside the support of a transform with a
-                bounded domain; if ``context`` does not match, or is given to a flow that takes
+                bounded domain; if ``context`` does not match (see :meth:`embed`), its batch
+                shape does not broadcast with the data's, or it is given to a flow that takes
                 none.
         """
-        x = self._check(x, context)
+        x, context = self._check(x, context)
         z, ladj = self.transform.inverse(x, context)
         return self.base.log_prob(z) + ladj
 
     def _base_sample(self, shape: Sequence[int], context: Tensor | None, grad: bool, temperature: float):
-        self._check_context(context)
+        context = self.embed(context)
         shape = tuple(shape)
         if context is not None:
             shape = shape + tuple(context.shape[:-1])
@@ -352,7 +403,7 @@ class Flow(nn.Module):
         Raises:
             ValueError: as :meth:`log_prob`.
         """
-        x = self._check(x, context)
+        x, context = self._check(x, context)
         return self.transform.inverse(x, context)[0]
 
     def decode(self, z: Tensor, context: Tensor | None = None) -> Tensor:
@@ -363,11 +414,16 @@ class Flow(nn.Module):
             ValueError: if ``z`` does not have the base's event shape.
         """
         check_event_shape(z, self.base.event_shape, "latent")
-        return self.transform(z, context)[0]
+        return self.transform(z, self.embed(context))[0]
 
     def as_distribution(self, context: Tensor | None = None) -> torch.distributions.Distribution:
         """A :class:`torch.distributions.Distribution` view of the flow (given ``context``)."""
         return FlowDistribution(self, context)
+
+
+def _broadcast(t: Tensor, shape: torch.Size) -> Tensor:
+    """``t`` broadcast to ``shape``, contiguous (transforms may ``view`` their inputs)."""
+    return t if t.shape == shape else t.expand(shape).contiguous()
 
 
 def _as_dtype(x: Tensor, base: nn.Module, name: str) -> Tensor:
@@ -390,8 +446,8 @@ def _as_dtype(x: Tensor, base: nn.Module, name: str) -> Tensor:
 class FlowDistribution(torch.distributions.Distribution):
     """:class:`torch.distributions.Distribution` view of a :class:`Flow` at a fixed context.
 
-    Its batch shape is the context's batch shape (empty without context) and its event shape
-    the flow's; ``log_prob`` is in nats.
+    Its batch shape is the (embedded) context's batch shape (empty without context) and its
+    event shape the flow's; ``log_prob`` is in nats.
     """
 
     has_rsample = True
@@ -400,15 +456,13 @@ class FlowDistribution(torch.distributions.Distribution):
     def __init__(self, flow: Flow, context: Tensor | None = None):
         self.flow = flow
         self.context = context
-        batch = context.shape[:-1] if context is not None else torch.Size()
+        with torch.no_grad():
+            embedded = flow.embed(context)
+        batch = embedded.shape[:-1] if embedded is not None else torch.Size()
         super().__init__(batch, flow.event_shape, validate_args=False)
 
     def log_prob(self, value: Tensor) -> Tensor:
-        context = self.context
-        if context is not None:
-            batch = value.shape[: value.dim() - len(self.event_shape)]
-            context = context.expand(batch + context.shape[-1:])
-        return self.flow.log_prob(value, context)
+        return self.flow.log_prob(value, self.context)
 
     def rsample(self, sample_shape=torch.Size()) -> Tensor:
         return self.flow.rsample(sample_shape, self.context)

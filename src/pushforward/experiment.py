@@ -37,8 +37,18 @@ __all__ = ["build_flow", "gaussian_baseline", "standardisation", "Metrics", "mea
 CONFIG, MODEL, CHECKPOINT, METRICS = "config.json", "model.pt", "checkpoint.pt", "metrics.json"
 
 
-def standardisation(train: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-feature mean and standard deviation of the training data (std floored at 1e-6)."""
+def standardisation(train: Tensor, base: str | None = None) -> tuple[Tensor, Tensor]:
+    """The (shift, scale) of :func:`build_flow`'s last layer x = shift + scale * y: per feature,
+    the training data's mean and standard deviation (std floored at 1e-6); for ``base="box"``
+    (y in (0, 1)) the lower end and the width of the training range widened by 10% of it on
+    each side, so that the flow's support is that box.
+
+    Shapes: train (N, D); shift, scale (D,).
+    """
+    if base == "box":
+        low, high = train.min(0).values, train.max(0).values
+        margin = 0.1 * (high - low).clamp(min=1e-6)
+        return low - margin, high - low + 2 * margin
     return train.mean(0), train.std(0).clamp(min=1e-6)
 
 

@@ -59,7 +59,7 @@ def density_2d(flow: Flow, data: Tensor, path: str | os.PathLike, resolution: in
     Shapes: data (N, 2).
     """
     lo, hi = data.min(0).values, data.max(0).values
-    pad = 0.1 * (hi - lo)
+    pad = 0.05 * (hi - lo)  # inside the support of a `fit --base box` flow (the training range + 10%)
     lo, hi = lo - pad, hi + pad
     xs = torch.linspace(float(lo[0]), float(hi[0]), resolution)
     ys = torch.linspace(float(lo[1]), float(hi[1]), resolution)

@@ -28,6 +28,7 @@ from .. import distributed
 from ..checks import check_memory, training_memory
 from ..config import DataConfig, FitConfig, VaeConfig, ViConfig, read_config, validate_config
 from ..data.base import to_tensor
+from ..distributions import BASES
 from ..experiment import (CHECKPOINT, METRICS, build_flow, gaussian_baseline, load_run, measure, measure_rows,
                          save_run, standardisation, write_json)
 from .common import (load_data, IMAGE_SIZE, SIZES, absolute, check_output_file, fresh_out, number, one_line_errors, preset_kwargs,
@@ -100,6 +101,9 @@ def _data_space(samples: torch.Tensor, dataset) -> torch.Tensor:
               help="Autoregressive or coupling layers (nsf).")
 @click.option("--normalization", type=click.Choice(["none", "batch", "act"]), default="none", show_default=True,
               help="Normalisation layer between flow layers.")
+@click.option("--base", type=click.Choice(list(BASES)), default="normal", show_default=True,
+              help="Base distribution: normal, mixture (learned Gaussian mixture) or box (data bounded by the training "
+                   "range widened by 10% on each side, through a sigmoid).")
 @click.option("--levels", type=number("levels"), default=None,
               help="Image flows: number of levels (scales) of the multi-scale architecture (default: the preset's).")
 @click.option("--steps", type=number("steps"), default=None, help="glow: flow steps per level.")
@@ -150,7 +154,7 @@ def _data_space(samples: torch.Tensor, dataset) -> torch.Tensor:
                    "--epochs, --max-minutes and --tensorboard may be changed, other training options are refused.")
 @tensorboard_option
 @one_line_errors
-def fit(data, data_dir, test_file, flow_name, transforms, hidden_features, bins, autoregressive, normalization,
+def fit(data, data_dir, test_file, flow_name, transforms, hidden_features, bins, autoregressive, normalization, base,
         levels, steps, hidden_channels, blocks, convolution, additive, trace, rtol, atol, kinetic, jacobian, adjoint,
         image_size, dequantization, epochs, batch_size, lr, weight_decay, schedule, clip_grad, patience, max_minutes, seed,
         float64, compiled, device, threads, nproc, out, overwrite, resume, as_json, quiet, tensorboard):
@@ -191,7 +195,7 @@ def fit(data, data_dir, test_file, flow_name, transforms, hidden_features, bins,
         out = fresh_out(out, f"{Path(data).stem}-{flow_name}", overwrite)
         kwargs = preset_kwargs(flow_name, {
             "transforms": transforms, "normalization": None if normalization == "none" else normalization,
-            "hidden_features": hidden_features, "bins": bins, "autoregressive": autoregressive, "levels": levels,
+            "hidden_features": hidden_features, "bins": bins, "autoregressive": autoregressive, "base": base, "levels": levels,
             "steps": steps, "hidden_channels": hidden_channels, "blocks": blocks, "convolution": convolution,
             "additive": additive, "trace": trace, "rtol": rtol, "atol": atol, "kinetic": kinetic,
             "jacobian": jacobian, "adjoint": adjoint})
@@ -286,7 +290,7 @@ def _fit_job(job: dict) -> str:
             flow = build_flow(config["flow"], dataset.event_shape, config["flow_kwargs"],
                               dequantization=config.get("dequantization", "uniform"))
         else:
-            flow = build_flow(config["flow"], dataset.features, config["flow_kwargs"], *standardisation(dataset.train))
+            flow = build_flow(config["flow"], dataset.features, config["flow_kwargs"], *standardisation(dataset.train, config["flow_kwargs"].get("base")))
     else:
         flow, _ = load_run(out, weights=CHECKPOINT)
     with RunFolder(out, replace=job["replace"], resume=resume) if lead else contextlib.nullcontext() as run:

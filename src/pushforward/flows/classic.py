@@ -10,7 +10,7 @@ from torch import nn
 
 from ..checks import check_arguments
 from ..core import Chain, Flow, Inverse, Transform
-from ..distributions import StandardNormal
+from ..distributions import preset_base
 from ..transforms.autoregressive import MaskedAutoregressive
 from ..transforms.coupling import Coupling, alternating_mask
 from ..transforms.elementwise import AffineMap, ElementwiseMap, InverseMap
@@ -93,16 +93,21 @@ class MAF(Flow):
         hidden_features: hidden layer sizes of each MADE.
         normalization: "batch" (MAF's batch norm between layers), "act" or None.
         activation: the MADE's non-linearity.
+        base: "normal", "mixture" (a learned mixture of Gaussians) or "box" (a sigmoid
+            onto (0, 1)^D) or a distribution module, see :func:`~pushforward.distributions.preset_base`.
+        embedding: a network applied to the context before the layers read it (trained
+            jointly); the context may then have any shape it takes.
     """
 
     def __init__(self, features: int, context_features: int = 0, transforms: int = 5,
                  hidden_features: Sequence[int] = (512, 512), normalization: str | None = None,
-                 activation: type[nn.Module] = nn.ReLU):
+                 activation: type[nn.Module] = nn.ReLU,
+                 base: str | nn.Module = "normal", embedding: nn.Module | None = None):
         check_arguments(features=features, context_features=context_features, transforms=transforms,
                     hidden_features=hidden_features)
         layers = _autoregressive(features, lambda: InverseMap(AffineMap()), context_features, transforms,
                                  hidden_features, activation)
-        super().__init__(StandardNormal(features), stack(layers, features, normalization))
+        super().__init__(*preset_base(base, features, stack(layers, features, normalization)), embedding)
 
 
 class IAF(Flow):
@@ -122,12 +127,13 @@ class IAF(Flow):
 
     def __init__(self, features: int, context_features: int = 0, transforms: int = 5,
                  hidden_features: Sequence[int] = (512, 512), normalization: str | None = None,
-                 activation: type[nn.Module] = nn.ReLU):
+                 activation: type[nn.Module] = nn.ReLU,
+                 base: str | nn.Module = "normal", embedding: nn.Module | None = None):
         check_arguments(features=features, context_features=context_features, transforms=transforms,
                     hidden_features=hidden_features)
         layers = _autoregressive(features, AffineMap, context_features, transforms, hidden_features,
                                  activation, inverse=True)
-        super().__init__(StandardNormal(features), stack(layers, features, normalization))
+        super().__init__(*preset_base(base, features, stack(layers, features, normalization)), embedding)
 
 
 class RealNVP(Flow):
@@ -149,6 +155,10 @@ class RealNVP(Flow):
             permutation before each layer, then a half split).
         normalization: "batch", "act" or None between layers.
         activation: the conditioners' non-linearity.
+        base: "normal", "mixture" (a learned mixture of Gaussians) or "box" (a sigmoid
+            onto (0, 1)^D) or a distribution module, see :func:`~pushforward.distributions.preset_base`.
+        embedding: a network applied to the context before the layers read it (trained
+            jointly); the context may then have any shape it takes.
 
     Raises:
         ValueError: for fewer than 2 features or an unknown ``masks``/``normalization``.
@@ -156,11 +166,12 @@ class RealNVP(Flow):
 
     def __init__(self, features: int, context_features: int = 0, transforms: int = 5,
                  hidden_features: Sequence[int] = (256, 256), masks: str = "alternate",
-                 normalization: str | None = None, activation: type[nn.Module] = nn.ReLU):
+                 normalization: str | None = None, activation: type[nn.Module] = nn.ReLU,
+                 base: str | nn.Module = "normal", embedding: nn.Module | None = None):
         check_arguments(features=features, context_features=context_features, transforms=transforms,
                     hidden_features=hidden_features)
         layers = _coupling(features, AffineMap, context_features, transforms, hidden_features, activation, masks)
-        super().__init__(StandardNormal(features), stack(layers, features, normalization))
+        super().__init__(*preset_base(base, features, stack(layers, features, normalization)), embedding)
 
 
 class NSF(Flow):
@@ -187,12 +198,17 @@ class NSF(Flow):
         autoregressive: MADE-conditioned autoregressive layers instead of coupling layers.
         normalization: "batch", "act" or None between layers.
         activation: the conditioners' non-linearity.
+        base: "normal", "mixture" (a learned mixture of Gaussians) or "box" (a sigmoid
+            onto (0, 1)^D) or a distribution module, see :func:`~pushforward.distributions.preset_base`.
+        embedding: a network applied to the context before the layers read it (trained
+            jointly); the context may then have any shape it takes.
     """
 
     def __init__(self, features: int, context_features: int = 0, transforms: int = 5,
                  hidden_features: Sequence[int] = (256, 256), bins: int = 8, bound: float = 5.0,
                  autoregressive: bool = False, normalization: str | None = None,
-                 activation: type[nn.Module] = nn.ReLU):
+                 activation: type[nn.Module] = nn.ReLU,
+                 base: str | nn.Module = "normal", embedding: nn.Module | None = None):
         check_arguments(features=features, context_features=context_features, transforms=transforms,
                     hidden_features=hidden_features, bins=bins)
         def spline() -> InverseMap:
@@ -200,5 +216,5 @@ class NSF(Flow):
 
         build = _autoregressive if autoregressive else _coupling
         layers = build(features, spline, context_features, transforms, hidden_features, activation)
-        super().__init__(StandardNormal(features), stack(layers, features, normalization))
+        super().__init__(*preset_base(base, features, stack(layers, features, normalization)), embedding)
 

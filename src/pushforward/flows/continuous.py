@@ -8,7 +8,7 @@ from torch import nn
 
 from ..checks import check_arguments
 from ..core import Flow
-from ..distributions import StandardNormal
+from ..distributions import preset_base
 from ..transforms.continuous import ContinuousFlow
 from .classic import stack
 
@@ -50,6 +50,10 @@ class FFJORD(Flow):
             off by default: on a CPU, back-propagating through the solver is faster).
         kinetic, jacobian: the weights of the kinetic-energy and Jacobian-norm regularisers.
         normalization: "batch", "act" or None between blocks.
+        base: "normal", "mixture" (a learned mixture of Gaussians) or "box" (a sigmoid
+            onto (0, 1)^D) or a distribution module, see :func:`~pushforward.distributions.preset_base`.
+        embedding: a network applied to the context before the layers read it (trained
+            jointly); the context may then have any shape it takes.
 
     Raises:
         ValueError: as :class:`~pushforward.transforms.continuous.ContinuousFlow`, or for an
@@ -61,11 +65,12 @@ class FFJORD(Flow):
                  time_dependent: bool = True, time: float = 1.0, trace: str = "hutchinson", noise: str = "gaussian",
                  method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5, step_size: float | None = None,
                  adjoint: bool = False, kinetic: float = 0.0, jacobian: float = 0.0,
-                 normalization: str | None = None):
+                 normalization: str | None = None,
+                 base: str | nn.Module = "normal", embedding: nn.Module | None = None):
         check_arguments(features=features, context_features=context_features, transforms=transforms,
                         hidden_features=hidden_features)
         blocks = [ContinuousFlow(features, context_features, hidden_features, time_dependent, activation, time,
                                  trace, noise, "exact", method, rtol, atol, step_size, adjoint, kinetic=kinetic,
                                  jacobian=jacobian)
                   for _ in range(transforms)]
-        super().__init__(StandardNormal(features), stack(blocks, features, normalization))
+        super().__init__(*preset_base(base, features, stack(blocks, features, normalization)), embedding)

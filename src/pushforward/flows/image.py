@@ -14,10 +14,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+from torch import nn
 
 from ..checks import check_arguments
 from ..core import Chain, Flow, Inverse, Transform
-from ..distributions import StandardNormal
+from ..distributions import preset_base
 from ..transforms.convolution import Conv1x1, Conv1x1LU, EmergingConv, PeriodicConv
 from ..transforms.coupling import ImageCoupling
 from ..transforms.elementwise import AdditiveMap, Affine, AffineMap, SigmoidAffineMap, logit_preprocessing
@@ -101,6 +102,10 @@ class Glow(Flow):
             faster variant), "1x1" (plain), "emerging" or "periodic" (Hoogeboom et al. 2019,
             3x3 kernels).
         pixel_levels: the data lie in [0, pixel_levels); None for data already centred.
+        base: "normal", "mixture" (a learned mixture of Gaussians) or "box" (a sigmoid
+            onto (0, 1)^D) or a distribution module, see :func:`~pushforward.distributions.preset_base`.
+        embedding: a network applied to the context before the layers read it (trained
+            jointly); the context may then have any shape it takes.
 
     Raises:
         ValueError: for a bad shape, sizes below 1, or an unknown convolution.
@@ -108,8 +113,10 @@ class Glow(Flow):
 
     def __init__(self, shape: Sequence[int], context_features: int = 0, levels: int = 3, steps: int = 32,
                  hidden_channels: int = 512, additive: bool = False, convolution: str = "lu",
-                 pixel_levels: int | None = 256):
+                 pixel_levels: int | None = 256,
+                 base: str | nn.Module = "normal", embedding: nn.Module | None = None):
         check_arguments(context_features=context_features, levels=levels, steps=steps, hidden_channels=hidden_channels)
+        _check_box(base, pixel_levels)
         shape = image_shape(shape, levels, levels)
         elementwise_map = AdditiveMap if additive else SigmoidAffineMap
         mixing = _choice(_CONVOLUTIONS, convolution, "convolution")
@@ -124,7 +131,14 @@ class Glow(Flow):
         parts: list[Transform] = [_glow_level(shape[0], levels, steps, step, prior)]
         if pixel_levels is not None:
             parts.append(Affine(torch.tensor(pixel_levels / 2), torch.tensor(float(pixel_levels)), event_dims=3))
-        super().__init__(StandardNormal(shape), Chain(*parts))
+        super().__init__(*preset_base(base, shape, Chain(*parts)), embedding)
+
+
+def _check_box(base: str | nn.Module, pixel_levels: int | None) -> None:
+    """Refuse ``base="box"`` next to the pixel map, which already bounds the data to [0, pixel_levels)."""
+    if isinstance(base, str) and base == "box" and pixel_levels is not None:
+        raise ValueError("base='box' bounds the flow to (0, 1); the image presets already map to [0, pixel_levels): "
+                         "pass pixel_levels=None for data in (0, 1)")
 
 
 def _realnvp_scale(channels: int, levels: int, couplings: Callable[[int, str, int], list[Transform]]) -> Chain:
@@ -165,15 +179,21 @@ class RealNVPImage(Flow):
         blocks: residual blocks of each conditioner.
         alpha: the logit margin.
         pixel_levels: the data lie in [0, pixel_levels); None for data already in logit space.
+        base: "normal", "mixture" (a learned mixture of Gaussians) or "box" (a sigmoid
+            onto (0, 1)^D) or a distribution module, see :func:`~pushforward.distributions.preset_base`.
+        embedding: a network applied to the context before the layers read it (trained
+            jointly); the context may then have any shape it takes.
 
     Raises:
         ValueError: for a bad shape or sizes below 1.
     """
 
     def __init__(self, shape: Sequence[int], context_features: int = 0, levels: int = 2, hidden_channels: int = 64,
-                 blocks: int = 4, alpha: float = 0.05, pixel_levels: int | None = 256):
+                 blocks: int = 4, alpha: float = 0.05, pixel_levels: int | None = 256,
+                 base: str | nn.Module = "normal", embedding: nn.Module | None = None):
         check_arguments(context_features=context_features, levels=levels, hidden_channels=hidden_channels,
                         blocks=blocks)
+        _check_box(base, pixel_levels)
         shape = image_shape(shape, levels, levels - 1)
 
         def couplings(c: int, mask: str, n: int) -> list[Transform]:  # base -> data order
@@ -186,4 +206,4 @@ class RealNVPImage(Flow):
         parts: list[Transform] = [_realnvp_scale(shape[0], levels, couplings)]
         if pixel_levels is not None:
             parts.append(logit_preprocessing(alpha, pixel_levels, event_dims=3))
-        super().__init__(StandardNormal(shape), Chain(*parts))
+        super().__init__(*preset_base(base, shape, Chain(*parts)), embedding)

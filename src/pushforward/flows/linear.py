@@ -2,9 +2,11 @@ r"""Presets built on linear transforms: the Householder flow and an LU + spline 
 
 from __future__ import annotations
 
+from torch import nn
+
 from ..checks import check_arguments
 from ..core import Chain, Flow
-from ..distributions import StandardNormal
+from ..distributions import preset_base
 from ..transforms.elementwise import AffineMap, Elementwise
 from ..transforms.linear import LU, Householder
 from ..transforms.splines import RQSpline
@@ -32,13 +34,18 @@ class HouseholderFlow(Flow):
         features: data dimension D.
         context_features: size of the context, 0 for none.
         transforms: number of reflections K.
+        base: "normal", "mixture" (a learned mixture of Gaussians) or "box" (a sigmoid
+            onto (0, 1)^D) or a distribution module, see :func:`~pushforward.distributions.preset_base`.
+        embedding: a network applied to the context before the layers read it (trained
+            jointly); the context may then have any shape it takes.
     """
 
-    def __init__(self, features: int, context_features: int = 0, transforms: int = 10):
+    def __init__(self, features: int, context_features: int = 0, transforms: int = 10,
+                 base: str | nn.Module = "normal", embedding: nn.Module | None = None):
         check_arguments(features=features, context_features=context_features, transforms=transforms)
         transform = Chain(Elementwise(AffineMap(), features, context_features),
                           Householder(features, transforms, context_features))
-        super().__init__(StandardNormal(features), transform)
+        super().__init__(*preset_base(base, features, transform), embedding)
 
 
 class LUFlow(Flow):
@@ -64,11 +71,16 @@ class LUFlow(Flow):
         bins: number of spline bins.
         bound: the splines' tail bound.
         normalization: "batch", "act" or None between the pairs.
+        base: "normal", "mixture" (a learned mixture of Gaussians) or "box" (a sigmoid
+            onto (0, 1)^D) or a distribution module, see :func:`~pushforward.distributions.preset_base`.
+        embedding: a network applied to the context before the layers read it (trained
+            jointly); the context may then have any shape it takes.
     """
 
     def __init__(self, features: int, context_features: int = 0, transforms: int = 5, bins: int = 8,
-                 bound: float = 5.0, normalization: str | None = None):
+                 bound: float = 5.0, normalization: str | None = None,
+                 base: str | nn.Module = "normal", embedding: nn.Module | None = None):
         check_arguments(features=features, context_features=context_features, transforms=transforms, bins=bins)
         pairs = [Chain(LU(features), Elementwise(RQSpline(bins, bound), features, context_features))
                  for _ in range(transforms)]
-        super().__init__(StandardNormal(features), Chain(stack(pairs, features, normalization), LU(features)))
+        super().__init__(*preset_base(base, features, Chain(stack(pairs, features, normalization), LU(features))), embedding)

@@ -14,7 +14,7 @@ from torch import nn
 
 from ..checks import check_arguments
 from ..core import Chain, Flow, Transform
-from ..distributions import StandardNormal
+from ..distributions import preset_base
 from ..transforms.elementwise import AdditiveMap, AffineMap, Elementwise
 from ..transforms.linear import Permutation
 from ..transforms.neural import BlockNeuralAutoregressive, DeepSigmoidMap, UMNNMap
@@ -50,6 +50,10 @@ class NICE(Flow):
         normalization: "batch", "act" or None between coupling layers (None keeps the
             couplings volume-preserving, as in the paper).
         activation: the MLPs' non-linearity.
+        base: "normal", "mixture" (a learned mixture of Gaussians) or "box" (a sigmoid
+            onto (0, 1)^D) or a distribution module, see :func:`~pushforward.distributions.preset_base`.
+        embedding: a network applied to the context before the layers read it (trained
+            jointly); the context may then have any shape it takes.
 
     Raises:
         ValueError: for fewer than 2 features or an unknown ``normalization``.
@@ -57,12 +61,13 @@ class NICE(Flow):
 
     def __init__(self, features: int, context_features: int = 0, transforms: int = 4,
                  hidden_features: Sequence[int] = (256, 256), normalization: str | None = None,
-                 activation: type[nn.Module] = nn.ReLU):
+                 activation: type[nn.Module] = nn.ReLU,
+                 base: str | nn.Module = "normal", embedding: nn.Module | None = None):
         check_arguments(features=features, context_features=context_features, transforms=transforms,
                     hidden_features=hidden_features)
         layers = _coupling(features, AdditiveMap, context_features, transforms, hidden_features, activation)
         scaling = Elementwise(AffineMap(), features, context_features)
-        super().__init__(StandardNormal(features), Chain(scaling, stack(layers, features, normalization)))
+        super().__init__(*preset_base(base, features, Chain(scaling, stack(layers, features, normalization))), embedding)
 
 
 class NAF(Flow):
@@ -90,18 +95,23 @@ class NAF(Flow):
         layers: stacked sigmoidal layers per transformer.
         normalization: "batch", "act" or None between layers.
         activation: the MADE's non-linearity.
+        base: "normal", "mixture" (a learned mixture of Gaussians) or "box" (a sigmoid
+            onto (0, 1)^D) or a distribution module, see :func:`~pushforward.distributions.preset_base`.
+        embedding: a network applied to the context before the layers read it (trained
+            jointly); the context may then have any shape it takes.
     """
 
     def __init__(self, features: int, context_features: int = 0, transforms: int = 5,
                  hidden_features: Sequence[int] = (256, 256), units: int = 16, layers: int = 1,
-                 normalization: str | None = None, activation: type[nn.Module] = nn.ReLU):
+                 normalization: str | None = None, activation: type[nn.Module] = nn.ReLU,
+                 base: str | nn.Module = "normal", embedding: nn.Module | None = None):
         check_arguments(features=features, context_features=context_features, transforms=transforms,
                     hidden_features=hidden_features, units=units, layers=layers)
         def dsf() -> DeepSigmoidMap:
             return DeepSigmoidMap(units, layers)
 
         parts = _autoregressive(features, dsf, context_features, transforms, hidden_features, activation)
-        super().__init__(StandardNormal(features), stack(parts, features, normalization))
+        super().__init__(*preset_base(base, features, stack(parts, features, normalization)), embedding)
 
 
 class UMNN(Flow):
@@ -126,25 +136,30 @@ class UMNN(Flow):
         context_features: size of the context, 0 for none.
         transforms: number of autoregressive layers.
         hidden_features: hidden layer sizes of each MADE.
-        embedding: size of each feature's embedding.
+        feature_embedding: size of each feature's embedding e_i (``UMNNMap``'s ``embedding``).
         integrand_features: hidden layer sizes of the integrand network.
         nodes: number of quadrature nodes.
         normalization: "batch", "act" or None between layers.
         activation: the MADE's non-linearity.
+        base: "normal", "mixture" (a learned mixture of Gaussians) or "box" (a sigmoid
+            onto (0, 1)^D) or a distribution module, see :func:`~pushforward.distributions.preset_base`.
+        embedding: a network applied to the context before the layers read it (trained
+            jointly); the context may then have any shape it takes.
     """
 
     def __init__(self, features: int, context_features: int = 0, transforms: int = 5,
-                 hidden_features: Sequence[int] = (256, 256), embedding: int = 16,
+                 hidden_features: Sequence[int] = (256, 256), feature_embedding: int = 16,
                  integrand_features: Sequence[int] = (64, 64), nodes: int = 33,
-                 normalization: str | None = None, activation: type[nn.Module] = nn.ReLU):
+                 normalization: str | None = None, activation: type[nn.Module] = nn.ReLU,
+                 base: str | nn.Module = "normal", embedding: nn.Module | None = None):
         check_arguments(features=features, context_features=context_features, transforms=transforms,
-                    hidden_features=hidden_features, embedding=embedding, integrand_features=integrand_features,
+                    hidden_features=hidden_features, embedding=feature_embedding, integrand_features=integrand_features,
                     nodes=nodes)
         def umnn() -> UMNNMap:
-            return UMNNMap(embedding, integrand_features, nodes)
+            return UMNNMap(feature_embedding, integrand_features, nodes)
 
         parts = _autoregressive(features, umnn, context_features, transforms, hidden_features, activation)
-        super().__init__(StandardNormal(features), stack(parts, features, normalization))
+        super().__init__(*preset_base(base, features, stack(parts, features, normalization)), embedding)
 
 
 class BNAF(Flow):
@@ -171,15 +186,20 @@ class BNAF(Flow):
         hidden_features: hidden units per feature of each hidden layer.
         residual: use the gated residual connection.
         normalization: "batch", "act" or None between layers.
+        base: "normal", "mixture" (a learned mixture of Gaussians) or "box" (a sigmoid
+            onto (0, 1)^D) or a distribution module, see :func:`~pushforward.distributions.preset_base`.
+        embedding: a network applied to the context before the layers read it (trained
+            jointly); the context may then have any shape it takes.
     """
 
     def __init__(self, features: int, context_features: int = 0, transforms: int = 5,
                  hidden_features: Sequence[int] = (10, 10), residual: bool = True,
-                 normalization: str | None = None):
+                 normalization: str | None = None,
+                 base: str | nn.Module = "normal", embedding: nn.Module | None = None):
         check_arguments(features=features, context_features=context_features, transforms=transforms,
                     hidden_features=hidden_features)
         parts: list[Transform] = []
         for i in range(transforms):
             layer = BlockNeuralAutoregressive(features, context_features, hidden_features, residual)
             parts.append(Chain(Permutation.reverse(features), layer) if i % 2 else layer)
-        super().__init__(StandardNormal(features), stack(parts, features, normalization))
+        super().__init__(*preset_base(base, features, stack(parts, features, normalization)), embedding)

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from torch import nn
+
 from ..checks import check_arguments
 from ..core import Chain, Flow, Transform
-from ..distributions import StandardNormal
+from ..distributions import preset_base
 from ..transforms.elementwise import AffineMap, Elementwise
 from ..transforms.planar_radial import Planar, Radial
 from ..transforms.sylvester import HouseholderBasis, OrthogonalBasis, PermutationBasis, Sylvester
@@ -47,14 +49,19 @@ class PlanarFlow(Flow):
         context_features: size of the context, 0 for none.
         transforms: number of planar layers K.
         normalization: "batch", "act" or None between layers.
+        base: "normal", "mixture" (a learned mixture of Gaussians) or "box" (a sigmoid
+            onto (0, 1)^D) or a distribution module, see :func:`~pushforward.distributions.preset_base`.
+        embedding: a network applied to the context before the layers read it (trained
+            jointly); the context may then have any shape it takes.
     """
 
     def __init__(self, features: int, context_features: int = 0, transforms: int = 16,
-                 normalization: str | None = None):
+                 normalization: str | None = None,
+                 base: str | nn.Module = "normal", embedding: nn.Module | None = None):
         check_arguments(features=features, context_features=context_features, transforms=transforms)
         transform = _gaussian_then(features, context_features, transforms,
                                    lambda i: Planar(features, context_features), normalization)
-        super().__init__(StandardNormal(features), transform)
+        super().__init__(*preset_base(base, features, transform), embedding)
 
 
 class RadialFlow(Flow):
@@ -72,14 +79,19 @@ class RadialFlow(Flow):
         context_features: size of the context, 0 for none.
         transforms: number of radial layers K.
         normalization: "batch", "act" or None between layers.
+        base: "normal", "mixture" (a learned mixture of Gaussians) or "box" (a sigmoid
+            onto (0, 1)^D) or a distribution module, see :func:`~pushforward.distributions.preset_base`.
+        embedding: a network applied to the context before the layers read it (trained
+            jointly); the context may then have any shape it takes.
     """
 
     def __init__(self, features: int, context_features: int = 0, transforms: int = 16,
-                 normalization: str | None = None):
+                 normalization: str | None = None,
+                 base: str | nn.Module = "normal", embedding: nn.Module | None = None):
         check_arguments(features=features, context_features=context_features, transforms=transforms)
         transform = _gaussian_then(features, context_features, transforms,
                                    lambda i: Radial(features, context_features), normalization)
-        super().__init__(StandardNormal(features), transform)
+        super().__init__(*preset_base(base, features, transform), embedding)
 
 
 class SylvesterFlow(Flow):
@@ -103,13 +115,18 @@ class SylvesterFlow(Flow):
         columns: M for "orthogonal" (default D).
         reflections: number of reflections per layer for "householder".
         normalization: "batch", "act" or None between layers.
+        base: "normal", "mixture" (a learned mixture of Gaussians) or "box" (a sigmoid
+            onto (0, 1)^D) or a distribution module, see :func:`~pushforward.distributions.preset_base`.
+        embedding: a network applied to the context before the layers read it (trained
+            jointly); the context may then have any shape it takes.
 
     Raises:
         ValueError: for an unknown ``kind``.
     """
 
     def __init__(self, features: int, context_features: int = 0, transforms: int = 16, kind: str = "orthogonal",
-                 columns: int | None = None, reflections: int = 4, normalization: str | None = None):
+                 columns: int | None = None, reflections: int = 4, normalization: str | None = None,
+                 base: str | nn.Module = "normal", embedding: nn.Module | None = None):
         check_arguments(features=features, context_features=context_features, transforms=transforms, columns=columns,
                     reflections=reflections)
         bases: dict[str, Callable[[int], object]] = {
@@ -121,4 +138,4 @@ class SylvesterFlow(Flow):
             raise ValueError(f"unknown Sylvester kind {kind!r}; choose orthogonal, householder or triangular")
         transform = _gaussian_then(features, context_features, transforms,
                                    lambda i: Sylvester(features, context_features, bases[kind](i)), normalization)
-        super().__init__(StandardNormal(features), transform)
+        super().__init__(*preset_base(base, features, transform), embedding)

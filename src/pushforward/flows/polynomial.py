@@ -15,7 +15,7 @@ from torch import nn
 
 from ..checks import check_arguments
 from ..core import Flow
-from ..distributions import StandardNormal
+from ..distributions import preset_base
 from ..transforms.elementwise import ElementwiseMap, InverseMap
 from ..transforms.polynomials import BernsteinPolynomial, SOSPolynomial
 from .classic import _autoregressive, stack
@@ -48,18 +48,23 @@ class SOSFlow(Flow):
         bound: the polynomials act on [-bound, bound], linear beyond.
         normalization: "batch", "act" or None between layers.
         activation: the MADE's non-linearity.
+        base: "normal", "mixture" (a learned mixture of Gaussians) or "box" (a sigmoid
+            onto (0, 1)^D) or a distribution module, see :func:`~pushforward.distributions.preset_base`.
+        embedding: a network applied to the context before the layers read it (trained
+            jointly); the context may then have any shape it takes.
     """
 
     def __init__(self, features: int, context_features: int = 0, transforms: int = 8,
                  hidden_features: Sequence[int] = (256, 256), degree: int = 4, polynomials: int = 5,
-                 bound: float = 5.0, normalization: str | None = None, activation: type[nn.Module] = nn.ReLU):
+                 bound: float = 5.0, normalization: str | None = None, activation: type[nn.Module] = nn.ReLU,
+                 base: str | nn.Module = "normal", embedding: nn.Module | None = None):
         check_arguments(features=features, context_features=context_features, transforms=transforms,
                     hidden_features=hidden_features, degree=degree, polynomials=polynomials)
         def sos() -> ElementwiseMap:
             return InverseMap(SOSPolynomial(degree, polynomials, bound))
 
         layers = _autoregressive(features, sos, context_features, transforms, hidden_features, activation)
-        super().__init__(StandardNormal(features), stack(layers, features, normalization))
+        super().__init__(*preset_base(base, features, stack(layers, features, normalization)), embedding)
 
 
 class BernsteinFlow(Flow):
@@ -91,15 +96,20 @@ class BernsteinFlow(Flow):
         bound: the polynomials act on [-bound, bound], linear beyond.
         normalization: "batch", "act" or None between layers.
         activation: the MADE's non-linearity.
+        base: "normal", "mixture" (a learned mixture of Gaussians) or "box" (a sigmoid
+            onto (0, 1)^D) or a distribution module, see :func:`~pushforward.distributions.preset_base`.
+        embedding: a network applied to the context before the layers read it (trained
+            jointly); the context may then have any shape it takes.
     """
 
     def __init__(self, features: int, context_features: int = 0, transforms: int = 5,
                  hidden_features: Sequence[int] = (256, 256), degree: int = 10, bound: float = 5.0,
-                 normalization: str | None = None, activation: type[nn.Module] = nn.ReLU):
+                 normalization: str | None = None, activation: type[nn.Module] = nn.ReLU,
+                 base: str | nn.Module = "normal", embedding: nn.Module | None = None):
         check_arguments(features=features, context_features=context_features, transforms=transforms,
                     hidden_features=hidden_features, degree=degree)
         def bernstein() -> ElementwiseMap:
             return InverseMap(BernsteinPolynomial(degree, bound))
 
         layers = _autoregressive(features, bernstein, context_features, transforms, hidden_features, activation)
-        super().__init__(StandardNormal(features), stack(layers, features, normalization))
+        super().__init__(*preset_base(base, features, stack(layers, features, normalization)), embedding)

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..checks import check_arguments
 from ..core import Chain, Flow, Inverse
-from ..distributions import StandardNormal
+from ..distributions import preset_base
 from ..nn.lipschitz import ELU, LipSwish
 from ..transforms.residual import ResidualBlock
 from .classic import stack
@@ -57,6 +57,10 @@ class ResidualFlow(Flow):
         iterations: power-iteration steps per training step for the gradient of the spectral
             norms, whose values are exact (None: exact gradients too, slower).
         normalization: "act" (ActNorm, the paper's), "batch" or None between blocks.
+        base: "normal", "mixture" (a learned mixture of Gaussians) or "box" (a sigmoid
+            onto (0, 1)^D) or a distribution module, see :func:`~pushforward.distributions.preset_base`.
+        embedding: a network applied to the context before the layers read it (trained
+            jointly); the context may then have any shape it takes.
 
     Raises:
         ValueError: for arguments out of range (c must be in (0, 1)).
@@ -64,7 +68,8 @@ class ResidualFlow(Flow):
 
     def __init__(self, features: int, context_features: int = 0, transforms: int = 8,
                  hidden_features: Sequence[int] = (128, 128), coefficient: float = 0.97, exact_terms: int = 2,
-                 stop_probability: float = 0.5, iterations: int | None = 1, normalization: str | None = "act"):
+                 stop_probability: float = 0.5, iterations: int | None = 1, normalization: str | None = "act",
+                 base: str | nn.Module = "normal", embedding: nn.Module | None = None):
         check_arguments(features=features, context_features=context_features, transforms=transforms,
                         hidden_features=hidden_features, coefficient=coefficient, exact_terms=exact_terms,
                         stop_probability=stop_probability, iterations=iterations)
@@ -72,7 +77,7 @@ class ResidualFlow(Flow):
                                     hidden_features=tuple(hidden_features), coefficient=coefficient,
                                     estimator="roulette", exact_terms=exact_terms,
                                     stop_probability=stop_probability, iterations=iterations)
-        super().__init__(StandardNormal(features), transform)
+        super().__init__(*preset_base(base, features, transform), embedding)
 
 
 class IResNet(Flow):
@@ -98,6 +103,10 @@ class IResNet(Flow):
         iterations: power-iteration steps per training step for the gradient of the spectral
             norms, whose values are exact (None: exact gradients too, slower).
         normalization: "act" (ActNorm), "batch" or None between blocks.
+        base: "normal", "mixture" (a learned mixture of Gaussians) or "box" (a sigmoid
+            onto (0, 1)^D) or a distribution module, see :func:`~pushforward.distributions.preset_base`.
+        embedding: a network applied to the context before the layers read it (trained
+            jointly); the context may then have any shape it takes.
 
     Raises:
         ValueError: for arguments out of range (c must be in (0, 1)).
@@ -105,10 +114,11 @@ class IResNet(Flow):
 
     def __init__(self, features: int, context_features: int = 0, transforms: int = 8,
                  hidden_features: Sequence[int] = (128, 128), coefficient: float = 0.9, terms: int = 5,
-                 iterations: int | None = 1, normalization: str | None = "act"):
+                 iterations: int | None = 1, normalization: str | None = "act",
+                 base: str | nn.Module = "normal", embedding: nn.Module | None = None):
         check_arguments(features=features, context_features=context_features, transforms=transforms,
                         hidden_features=hidden_features, coefficient=coefficient, terms=terms, iterations=iterations)
         transform = _residual_chain(features, context_features, transforms, normalization, ELU,
                                     hidden_features=tuple(hidden_features), coefficient=coefficient,
                                     estimator="series", terms=terms, iterations=iterations)
-        super().__init__(StandardNormal(features), transform)
+        super().__init__(*preset_base(base, features, transform), embedding)

@@ -129,6 +129,11 @@ class _Layout:
         self.free = torch.cat(free)
         self._operands: tuple[Tensor, int, list[list[_Operands]]] | None = None  # see operands()
 
+    def __getstate__(self) -> dict:
+        # the cached views belong to one parameter; a copy (deepcopy, as sbi makes of its best
+        # estimator, or pickle) rebuilds them from its own
+        return {**self.__dict__, "_operands": None}
+
     def operands(self, flat: Tensor) -> list[list[_Operands]]:
         """Per layer, the :class:`_Operands` of each run, as views of ``flat``; for a parameter,
         kept until another tensor or storage comes (making the views cost about a sixth of a
@@ -324,7 +329,7 @@ class _MaskedLayers(nn.Module):
             weights.append(weight)
             biases.append(torch.empty(mask.shape[0]).uniform_(-bound, bound))
         self.packed = nn.Parameter(self._layout.pack(weights, biases))
-        self.register_buffer("free", self._layout.free.float(), persistent=False)
+        self.register_buffer("free", self._layout.free.to(self.packed.dtype), persistent=False)
         self._clean_version: int | None = None
 
     def reset_masked_(self) -> None:
