@@ -160,3 +160,20 @@ def test_first_and_second_derivatives(example, direction, device):
             testing.check_derivatives(t, u, context, inverse)
     else:
         testing.check_derivatives(t, u, context, inverse)
+
+
+@pytest.mark.parametrize("name, old", [("planar-tanh-context", "params"), ("sylvester-orthogonal", "params"),
+                                       ("linear-householder", "params"), ("elementwise-affine-context", "parameters_")])
+def test_checkpoints_from_before_the_conditioner_rename_load(name, old):
+    """The per-layer parameters were the submodule ``params`` (``parameters_`` in Elementwise)
+    in pushforward 0.1; state dicts with those keys still load."""
+    t = dict((n, e) for n, e, *_ in EXAMPLES)[name]
+    old_state = {k.replace("conditioner.", f"{old}."): v for k, v in t.state_dict().items()}
+    assert any(k.startswith(f"{old}.") for k in old_state)
+    fresh = copy.deepcopy(t)
+    with torch.no_grad():
+        for p in fresh.parameters():
+            p.zero_()
+    fresh.load_state_dict(old_state)
+    for (k, a), b in zip(t.state_dict().items(), fresh.state_dict().values()):
+        assert torch.equal(a, b), k

@@ -129,7 +129,7 @@ def _gradients(flow, log_target, stl, repeats=300, samples=4):
 def test_stl_gradient_has_the_same_mean_and_vanishes_at_the_optimum():
     flow = Flow(StandardNormal(2), Elementwise(AffineMap(), 2)).double()
     with torch.no_grad():
-        flow.transform.parameters_.free["h"].copy_(torch.tensor([[0.3, -0.2], [-0.5, 0.4]]))
+        flow.transform.conditioner.free["h"].copy_(torch.tensor([[0.3, -0.2], [-0.5, 0.4]]))
     _, log_target = gaussian_target([0.0, 0.0], [[1.0, 0.0], [0.0, 1.5]], log_z=0.0)
     plain, stl = _gradients(flow, log_target, False), _gradients(flow, log_target, True)
     se = torch.sqrt(plain.var(0) / len(plain) + stl.var(0) / len(stl))
@@ -137,7 +137,7 @@ def test_stl_gradient_has_the_same_mean_and_vanishes_at_the_optimum():
     # at q = p the STL gradient is zero for every sample, the plain one is not (Roeder et al. 2017)
     with torch.no_grad():
         raw = 5 * math.atanh(0.5 * math.log(1.5) / 5)  # AffineMap clamps the log-scale softly: s = 5 tanh(raw / 5)
-        flow.transform.parameters_.free["h"].copy_(torch.tensor([[0.0, 0.0], [0.0, raw]], dtype=torch.float64))
+        flow.transform.conditioner.free["h"].copy_(torch.tensor([[0.0, 0.0], [0.0, raw]], dtype=torch.float64))
     plain, stl = _gradients(flow, log_target, False, 20), _gradients(flow, log_target, True, 20)
     assert stl.abs().max() < 1e-10 and plain.abs().max() > 1e-2
 

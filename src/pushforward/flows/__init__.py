@@ -3,6 +3,13 @@ r"""Named flows (presets), each a :class:`~pushforward.core.Flow` with its paper
 Every vector preset takes ``(features, context_features=0, transforms=..., ...)`` and every
 image preset ``(shape, context_features=0, levels=..., ...)`` with shape (C, H, W); ``PRESETS``
 and ``IMAGE_PRESETS`` map the names that ``pushforward fit --flow NAME`` accepts to the classes.
+
+A preset module is named after the transform module its layers come from: ``flows/coupling.py``
+(NICE, RealNVP, NSF) is built of :mod:`pushforward.transforms.coupling` layers,
+``autoregressive.py`` (MAF, IAF), ``neural.py`` (NAF, B-NAF, UMNN), ``polynomials.py`` (SOS,
+Bernstein), ``linear.py``, ``planar_radial.py``, ``sylvester.py``, ``residual.py`` and
+``continuous.py`` likewise; ``image.py`` holds the multi-scale image flows (Glow, RealNVP) and
+``stack.py`` the layer stacks they share.
 """
 
 from __future__ import annotations
@@ -10,14 +17,17 @@ from __future__ import annotations
 import inspect
 
 from ..core import Flow
-from .classic import IAF, MAF, NSF, RealNVP, stack
+from .autoregressive import IAF, MAF
+from .coupling import NICE, NSF, RealNVP
 from .continuous import FFJORD
 from .image import Glow, RealNVPImage
-from .neural import BNAF, NAF, NICE, UMNN
+from .neural import BNAF, NAF, UMNN
 from .linear import HouseholderFlow, LUFlow
-from .planar import PlanarFlow, RadialFlow, SylvesterFlow
-from .polynomial import BernsteinFlow, SOSFlow
+from .planar_radial import PlanarFlow, RadialFlow
+from .sylvester import SylvesterFlow
+from .polynomials import BernsteinFlow, SOSFlow
 from .residual import IResNet, ResidualFlow
+from .stack import stack
 
 __all__ = ["MAF", "IAF", "RealNVP", "NSF", "NICE", "NAF", "BNAF", "UMNN",
            "PlanarFlow", "RadialFlow", "SylvesterFlow", "HouseholderFlow", "LUFlow", "PRESETS", "preset_options", "stack",

@@ -10,7 +10,7 @@ from ..checks import check_arguments
 from ..core import Flow
 from ..distributions import preset_base
 from ..transforms.continuous import ContinuousFlow
-from .classic import stack
+from .stack import stack
 
 __all__ = ["FFJORD"]
 

@@ -10,7 +10,7 @@ from ..distributions import preset_base
 from ..transforms.elementwise import AffineMap, Elementwise
 from ..transforms.linear import LU, Householder
 from ..transforms.splines import RQSpline
-from .classic import stack
+from .stack import stack
 
 __all__ = ["HouseholderFlow", "LUFlow"]
 

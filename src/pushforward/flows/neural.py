@@ -1,10 +1,11 @@
-r"""NICE and the neural autoregressive presets: NAF, B-NAF and UMNN-MAF, each a
+r"""The neural autoregressive presets: NAF, B-NAF and UMNN-MAF, each a
 :class:`~pushforward.core.Flow` with a standard normal base.
 
 NAF and UMNN are MAF given another element-wise map (a deep sigmoidal flow, an integral of a
 positive network); B-NAF is a stack of single block-autoregressive networks. All three evaluate
 densities in one pass per layer and sample by bisection (D passes per layer).
 """
+
 
 from __future__ import annotations
 
@@ -15,59 +16,11 @@ from torch import nn
 from ..checks import check_arguments
 from ..core import Chain, Flow, Transform
 from ..distributions import preset_base
-from ..transforms.elementwise import AdditiveMap, AffineMap, Elementwise
 from ..transforms.linear import Permutation
 from ..transforms.neural import BlockNeuralAutoregressive, DeepSigmoidMap, UMNNMap
-from .classic import _autoregressive, _coupling, stack
+from .stack import autoregressive_layers, stack
 
-__all__ = ["NICE", "NAF", "BNAF", "UMNN"]
-
-
-class NICE(Flow):
-    r"""NICE: additive coupling layers and a diagonal scaling, a volume-preserving flow but for the scaling.
-
-    x = c_K o ... o c_1(exp(s) * z + t): each c_k an additive coupling layer
-    x_b = z_b + m(z_a, c), x_a = z_a, with even/odd masks that alternate, whose Jacobian
-    determinant is 1; the scaling layer next to the base (the paper's top layer
-    h_i = S_ii * (...)) gives ladj = sum_i s_i. The scaling is an :class:`Elementwise` affine
-    map (scale and shift; the shift is redundant with the paper's but harmless, and with a
-    context both are linear in it).
-
-    Defaults: the paper uses 4 coupling layers with 5 hidden layers of 1000 units for MNIST
-    and a logistic prior; here 4 layers, hidden (256, 256) and a standard normal base, which
-    suit the tabular and toy data sets of the library.
-
-    Shapes: x (*batch, features); context (*batch, context_features); log_prob (*batch,) nats.
-
-    Reference: Dinh, Krueger & Bengio. NICE: Non-linear independent components estimation.
-    ICLR 2015 workshop, sections 3.2-3.3 (additive coupling, scaling). arXiv:1410.8516.
-
-    Args:
-        features: data dimension D (at least 2).
-        context_features: size of the context, 0 for none.
-        transforms: number of additive coupling layers.
-        hidden_features: hidden layer sizes of each coupling's MLP.
-        normalization: "batch", "act" or None between coupling layers (None keeps the
-            couplings volume-preserving, as in the paper).
-        activation: the MLPs' non-linearity.
-        base: "normal", "mixture" (a learned mixture of Gaussians) or "box" (a sigmoid
-            onto (0, 1)^D) or a distribution module, see :func:`~pushforward.distributions.preset_base`.
-        embedding: a network applied to the context before the layers read it (trained
-            jointly); the context may then have any shape it takes.
-
-    Raises:
-        ValueError: for fewer than 2 features or an unknown ``normalization``.
-    """
-
-    def __init__(self, features: int, context_features: int = 0, transforms: int = 4,
-                 hidden_features: Sequence[int] = (256, 256), normalization: str | None = None,
-                 activation: type[nn.Module] = nn.ReLU,
-                 base: str | nn.Module = "normal", embedding: nn.Module | None = None):
-        check_arguments(features=features, context_features=context_features, transforms=transforms,
-                    hidden_features=hidden_features)
-        layers = _coupling(features, AdditiveMap, context_features, transforms, hidden_features, activation)
-        scaling = Elementwise(AffineMap(), features, context_features)
-        super().__init__(*preset_base(base, features, Chain(scaling, stack(layers, features, normalization))), embedding)
+__all__ = ["NAF", "BNAF", "UMNN"]
 
 
 class NAF(Flow):
@@ -110,7 +63,7 @@ class NAF(Flow):
         def dsf() -> DeepSigmoidMap:
             return DeepSigmoidMap(units, layers)
 
-        parts = _autoregressive(features, dsf, context_features, transforms, hidden_features, activation)
+        parts = autoregressive_layers(features, dsf, context_features, transforms, hidden_features, activation)
         super().__init__(*preset_base(base, features, stack(parts, features, normalization)), embedding)
 
 
@@ -158,7 +111,7 @@ class UMNN(Flow):
         def umnn() -> UMNNMap:
             return UMNNMap(feature_embedding, integrand_features, nodes)
 
-        parts = _autoregressive(features, umnn, context_features, transforms, hidden_features, activation)
+        parts = autoregressive_layers(features, umnn, context_features, transforms, hidden_features, activation)
         super().__init__(*preset_base(base, features, stack(parts, features, normalization)), embedding)
 
 

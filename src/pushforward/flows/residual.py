@@ -19,7 +19,7 @@ from ..core import Chain, Flow, Inverse
 from ..distributions import preset_base
 from ..nn.lipschitz import ELU, LipSwish
 from ..transforms.residual import ResidualBlock
-from .classic import stack
+from .stack import stack
 
 __all__ = ["ResidualFlow", "IResNet"]
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ContextParameters"]
+__all__ = ["ContextParameters", "read_renamed"]
 
 
 class ContextParameters(nn.Module):
@@ -64,3 +64,17 @@ class ContextParameters(nn.Module):
         pieces = self.context(context).split(self._sizes, dim=-1)
         return {name: p + piece.reshape(piece.shape[:-1] + p.shape)
                 for (name, p), piece in zip(self.free.items(), pieces)}
+
+
+def read_renamed(module: nn.Module, old: str, new: str) -> None:
+    """Let ``module`` load state dicts saved before its submodule ``new`` was named ``old``.
+
+    Registers a load pre-hook that renames the keys ``<prefix>old.*`` to ``<prefix>new.*``,
+    so that checkpoints written by earlier versions keep loading after the rename.
+    """
+
+    def rename(state_dict: dict, prefix: str, *args) -> None:
+        for key in [k for k in state_dict if k.startswith(f"{prefix}{old}.")]:
+            state_dict[f"{prefix}{new}.{key[len(prefix) + len(old) + 1:]}"] = state_dict.pop(key)
+
+    module._register_load_state_dict_pre_hook(rename)

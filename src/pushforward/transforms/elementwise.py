@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..nn.parameters import ContextParameters
+from ..nn.parameters import ContextParameters, read_renamed
 from ..core import Chain, Transform, replay_backward, sum_rightmost
 from .numerical import bisection, default_tolerance
 
@@ -300,10 +300,11 @@ class Elementwise(Transform):
     def __init__(self, elementwise_map: ElementwiseMap, features: int, context_features: int = 0):
         super().__init__()
         self.map = elementwise_map
-        self.parameters_ = ContextParameters({"h": (features, elementwise_map.params)}, context_features)
+        self.conditioner = ContextParameters({"h": (features, elementwise_map.params)}, context_features)
+        read_renamed(self, "parameters_", "conditioner")  # checkpoints of pushforward 0.1
 
     def _h(self, x: Tensor, context: Tensor | None) -> Tensor:
-        return self.parameters_(context)["h"].expand(*x.shape, self.map.params)
+        return self.conditioner(context)["h"].expand(*x.shape, self.map.params)
 
     def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         x, ladj = self.map.forward(z, self._h(z, context))

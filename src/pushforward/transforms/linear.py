@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..core import Chain, Transform
-from ..nn.parameters import ContextParameters
+from ..nn.parameters import ContextParameters, read_renamed
 
 __all__ = [
     "Permutation", "Triangular", "LowerTriangular", "UpperTriangular", "ConvexCombinationTriangular",
@@ -195,12 +195,13 @@ class ConvexCombinationTriangular(Transform):
 
     def __init__(self, features: int, components: int = 5, context_features: int = 0):
         super().__init__()
-        self.params = ContextParameters({"logits": (components,)}, context_features)
+        self.conditioner = ContextParameters({"logits": (components,)}, context_features)
+        read_renamed(self, "params", "conditioner")  # checkpoints of pushforward 0.1
         self.lower = nn.Parameter(torch.zeros(components, features, features))
 
     def weights(self, context: Tensor | None = None) -> Tensor:
         """The convex weights y, shape (*batch, components) (or (components,) without context)."""
-        return F.softmax(self.params(context)["logits"], dim=-1)
+        return F.softmax(self.conditioner(context)["logits"], dim=-1)
 
     def matrix(self, context: Tensor | None = None) -> Tensor:
         """L, shape (*batch, features, features) (or (features, features) without context)."""
@@ -253,19 +254,20 @@ class Householder(Transform):
     def __init__(self, features: int, reflections: int | None = None, context_features: int = 0):
         super().__init__()
         reflections = features if reflections is None else reflections
-        self.params = ContextParameters({"vectors": torch.randn(reflections, features)}, context_features)
+        self.conditioner = ContextParameters({"vectors": torch.randn(reflections, features)}, context_features)
+        read_renamed(self, "params", "conditioner")  # checkpoints of pushforward 0.1
 
     def matrix(self, context: Tensor | None = None) -> Tensor:
         """Q = H_K ... H_1, shape (*batch, features, features) (or (features, features))."""
-        vectors = self.params(context)["vectors"]
+        vectors = self.conditioner(context)["vectors"]
         eye = torch.eye(vectors.shape[-1], dtype=vectors.dtype, device=vectors.device)
         return householder(eye, vectors.unsqueeze(-3)).mT  # row i of the product is (Q e_i)^T
 
     def forward(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return householder(z, self.params(context)["vectors"]), z.new_zeros(z.shape[:-1])
+        return householder(z, self.conditioner(context)["vectors"]), z.new_zeros(z.shape[:-1])
 
     def inverse(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        return householder(x, self.params(context)["vectors"], transpose=True), x.new_zeros(x.shape[:-1])
+        return householder(x, self.conditioner(context)["vectors"], transpose=True), x.new_zeros(x.shape[:-1])
 
 
 def lu_rotation(features: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:

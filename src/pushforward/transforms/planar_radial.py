@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..core import Transform
-from ..nn.parameters import ContextParameters
+from ..nn.parameters import ContextParameters, read_renamed
 from .numerical import newton
 
 __all__ = ["Planar", "Radial"]
@@ -56,12 +56,13 @@ class Planar(Transform):
         super().__init__()
         w = torch.randn(features) / math.sqrt(features)
         u = math.log(math.e - 1) * w / w.square().sum()  # m(w^T u) = 0, so u_hat = 0
-        self.params = ContextParameters({"u": u, "w": w, "b": ()}, context_features)
+        self.conditioner = ContextParameters({"u": u, "w": w, "b": ()}, context_features)
+        read_renamed(self, "params", "conditioner")  # checkpoints of pushforward 0.1
         self.tol, self.max_iter = tol, max_iter
 
     def parameters_hat(self, context: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """(u_hat, w, b), with w^T u_hat > -1; shapes (*batch, D), (*batch, D), (*batch,)."""
-        p = self.params(context)
+        p = self.conditioner(context)
         u, w = p["u"], p["w"]
         eps = torch.finfo(w.dtype).eps
         wu = (w * u).sum(-1, keepdim=True)
@@ -126,11 +127,12 @@ class Radial(Transform):
     def __init__(self, features: int, context_features: int = 0):
         super().__init__()
         self.features = features
-        self.params = ContextParameters({"z0": torch.randn(features), "alpha": (), "beta": ()}, context_features)
+        self.conditioner = ContextParameters({"z0": torch.randn(features), "alpha": (), "beta": ()}, context_features)
+        read_renamed(self, "params", "conditioner")  # checkpoints of pushforward 0.1
 
     def parameters_hat(self, context: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """(z0, alpha, beta) with alpha > 0 and beta >= -alpha; shapes (*batch, D), (*batch,), (*batch,)."""
-        p = self.params(context)
+        p = self.conditioner(context)
         alpha = F.softplus(p["alpha"])
         return p["z0"], alpha, F.softplus(p["beta"]) - alpha
 

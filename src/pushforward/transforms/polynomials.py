@@ -9,7 +9,7 @@ in float64, 1e-5 in float32, relative above 1) and raises
 :class:`~pushforward.transforms.numerical.ConvergenceError` if it does not get there. The papers
 apply their polynomial in the data -> base direction; wrap the map in
 :class:`~pushforward.transforms.elementwise.InverseMap` for that (as the presets of
-:mod:`pushforward.flows.polynomial` do), so that density evaluation is the closed form.
+:mod:`pushforward.flows.polynomials` do), so that density evaluation is the closed form.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from ..core import Transform
-from ..nn.parameters import ContextParameters
+from ..nn.parameters import ContextParameters, read_renamed
 from .linear import _matvec, _solve, householder
 from .numerical import ConvergenceError, default_tolerance, newton
 
@@ -203,12 +203,13 @@ class Sylvester(Transform):
             raise ValueError(f"a Sylvester flow needs 1 <= M <= D, got M={m}, D={features}")
         # R = 0 starts at the identity; an O(1) R~ gives R an O(1) gradient there (as planar's w, u)
         init = {"r": (m, m), "r_tilde": torch.randn(m, m) / math.sqrt(m), "bias": (m,)}
-        self.params = ContextParameters({**self.basis.init(features), **init}, context_features)
+        self.conditioner = ContextParameters({**self.basis.init(features), **init}, context_features)
+        read_renamed(self, "params", "conditioner")  # checkpoints of pushforward 0.1
         self.tol, self.max_iter = tol, max_iter
 
     def parts(self, like: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(Q, R, R~, b), shapes (*batch, D, M), (*batch, M, M), (*batch, M, M), (*batch, M)."""
-        p = self.params(context)
+        p = self.conditioner(context)
         return self.basis(p, like), _triangular(p["r"]), _triangular(p["r_tilde"]), p["bias"]
 
     def extra_repr(self) -> str:

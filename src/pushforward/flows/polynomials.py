@@ -18,7 +18,7 @@ from ..core import Flow
 from ..distributions import preset_base
 from ..transforms.elementwise import ElementwiseMap, InverseMap
 from ..transforms.polynomials import BernsteinPolynomial, SOSPolynomial
-from .classic import _autoregressive, stack
+from .stack import autoregressive_layers, stack
 
 __all__ = ["SOSFlow", "BernsteinFlow"]
 
@@ -63,7 +63,7 @@ class SOSFlow(Flow):
         def sos() -> ElementwiseMap:
             return InverseMap(SOSPolynomial(degree, polynomials, bound))
 
-        layers = _autoregressive(features, sos, context_features, transforms, hidden_features, activation)
+        layers = autoregressive_layers(features, sos, context_features, transforms, hidden_features, activation)
         super().__init__(*preset_base(base, features, stack(layers, features, normalization)), embedding)
 
 
@@ -111,5 +111,5 @@ class BernsteinFlow(Flow):
         def bernstein() -> ElementwiseMap:
             return InverseMap(BernsteinPolynomial(degree, bound))
 
-        layers = _autoregressive(features, bernstein, context_features, transforms, hidden_features, activation)
+        layers = autoregressive_layers(features, bernstein, context_features, transforms, hidden_features, activation)
         super().__init__(*preset_base(base, features, stack(layers, features, normalization)), embedding)
