@@ -161,7 +161,7 @@ class VariationalDequantization(Flow):
             ValueError: as :class:`VariationalDequantization`.
         """
         check_arguments(samples=samples)
-        x = self._check(x, context)
+        x = self._check(x, context)[0]  # the raw context goes on to log_prob, which embeds it
         if bool((x < 0).any()) or bool((x > self.levels).any()):
             raise ValueError(f"data outside the pixel range [0, {self.levels}) of this dequantization")
         # a float32 x rounded up to exactly `levels` (v = levels - 1 and u near 1) stays in range
