@@ -10,6 +10,7 @@ one family has (closed forms, knots, Steffen slopes, numerical tolerances) stays
 import pytest
 import torch
 
+import pushforward as pf
 from pushforward import testing
 from pushforward.transforms import ElementwiseMap
 from pushforward.transforms.numerical import default_tolerance
@@ -82,6 +83,13 @@ def test_slope_continuous_at_the_bound(name, dtype, kind, inverse):
 def test_zero_parameters_give_the_identity(name, dtype, kind, inverse):
     example = EXAMPLES[name]
     testing.check_identity_at_zero(example.make(dtype), dtype, example.bound, inverse)
+
+
+def test_the_registry_holds_every_map_of_the_library():
+    """A new element-wise map joins the contract with one registry entry; InverseMap wraps one."""
+    library = {c for c in vars(pf.transforms).values() if isinstance(c, type) and issubclass(c, ElementwiseMap)}
+    registered = {type(e.make(torch.float64)) for e in EXAMPLES.values()}
+    assert library - {ElementwiseMap, pf.transforms.InverseMap} == registered
 
 
 class BrokenMap(ElementwiseMap):

@@ -12,6 +12,17 @@ Users can run the same checks on their own transforms:
     >>> z = torch.randn(4, 3, dtype=torch.float64)
     >>> testing.check_round_trip(t, z)
     >>> testing.check_ladj(t, z)
+
+:func:`elementwise_map_examples` lists every element-wise map (``ElementwiseMap``: splines,
+polynomials, affine, neural) with the properties it has (a bound with identity or linear tails,
+the identity at zero parameters, a numerical direction); the map contract runs the
+``check_*`` functions of maps over it, in float32 and float64, in both directions. On a map of
+your own, with raw parameters h (params,):
+
+    >>> m, h = pf.transforms.RQSpline(5, 2.0), torch.randn(14, dtype=torch.float64)
+    >>> testing.check_identity_tails(m, h, bound=2.0)
+    >>> testing.check_monotone(m, h, bound=2.0, inverse=True)
+    >>> testing.check_continuous_at_bound(m, h, bound=2.0)
 """
 
 from __future__ import annotations
@@ -390,7 +401,7 @@ def elementwise_map_examples() -> dict[str, MapExample]:
     polynomial = {"bound": b, "tails": "linear", "smooth_at_bound": True, "numerical": "inverse"}
     return {
         "rq-spline": MapExample(lambda: RQSpline(k, b), smooth_at_bound=True, stress=("gentle", *RQ_SPLINE_STRESS),
-                                rough_at_bound=tuple(k for k in ("large", *RQ_SPLINE_STRESS) if k != "flat-knots"),
+                                rough_at_bound=tuple(s for s in ("large", *RQ_SPLINE_STRESS) if s != "flat-knots"),
                                 **spline),
         "piecewise-linear": MapExample(lambda: PiecewiseLinear(k, b), **spline),
         "piecewise-quadratic": MapExample(lambda: PiecewiseQuadratic(k, b), **spline),
