@@ -31,7 +31,7 @@ def cases(keep=lambda example, kind: True, kinds=True):
                     yield pytest.param(name, dtype, kind, inverse, id="-".join(parts))
 
 
-def setup(name, dtype, kind, inverse):
+def prepare(name, dtype, kind, inverse):
     example = EXAMPLES[name]
     m = example.make(dtype)
     h = example.parameters(m, kind, dtype)
@@ -40,7 +40,7 @@ def setup(name, dtype, kind, inverse):
 
 @pytest.mark.parametrize("name, dtype, kind, inverse", cases())
 def test_finite_at_and_beyond_the_bound(name, dtype, kind, inverse):
-    example, m, h, knots = setup(name, dtype, kind, inverse)
+    example, m, h, knots = prepare(name, dtype, kind, inverse)
     # a bisection without tails brackets its root in ±1e8, whose image may not reach 1e3
     bisection = example.bound is None and example.numerical == ("inverse" if inverse else "forward")
     testing.check_map_finite(m, h, example.bound, inverse, knots, far=() if bisection else (1e3, 1e30))
@@ -48,7 +48,7 @@ def test_finite_at_and_beyond_the_bound(name, dtype, kind, inverse):
 
 @pytest.mark.parametrize("name, dtype, kind, inverse", cases())
 def test_monotone(name, dtype, kind, inverse):
-    example, m, h, knots = setup(name, dtype, kind, inverse)
+    example, m, h, knots = prepare(name, dtype, kind, inverse)
     numerical = example.numerical == ("inverse" if inverse else "forward")
     # a bisection over the whole line is slow: fewer points there
     grid = 201 if numerical and example.bound is None else 4001
@@ -57,25 +57,25 @@ def test_monotone(name, dtype, kind, inverse):
 
 @pytest.mark.parametrize("name, dtype, kind, inverse", cases(lambda e, k: e.tails == "identity"))
 def test_identity_tails(name, dtype, kind, inverse):
-    example, m, h, _ = setup(name, dtype, kind, inverse)
+    example, m, h, _ = prepare(name, dtype, kind, inverse)
     testing.check_identity_tails(m, h, example.bound, inverse)
 
 
 @pytest.mark.parametrize("name, dtype, kind, inverse", cases(lambda e, k: e.tails == "linear"))
 def test_linear_tails(name, dtype, kind, inverse):
-    example, m, h, _ = setup(name, dtype, kind, inverse)
+    example, m, h, _ = prepare(name, dtype, kind, inverse)
     testing.check_linear_tails(m, h, example.bound, inverse)
 
 
 @pytest.mark.parametrize("name, dtype, kind, inverse", cases(lambda e, k: e.bound is not None))
 def test_continuous_at_the_bound(name, dtype, kind, inverse):
-    example, m, h, _ = setup(name, dtype, kind, inverse)
+    example, m, h, _ = prepare(name, dtype, kind, inverse)
     testing.check_continuous_at_bound(m, h, example.bound, inverse)
 
 
 @pytest.mark.parametrize("name, dtype, kind, inverse", cases(lambda e, k: e.smooth_at_bound and k not in e.rough_at_bound))
 def test_slope_continuous_at_the_bound(name, dtype, kind, inverse):
-    example, m, h, _ = setup(name, dtype, kind, inverse)
+    example, m, h, _ = prepare(name, dtype, kind, inverse)
     testing.check_slope_continuous_at_bound(m, h, example.bound, inverse)
 
 

@@ -348,7 +348,8 @@ class MapExample:
         smooth_at_bound: the slope is continuous at the bound, as well as the value.
         numerical: the direction solved by bisection (``"forward"`` or ``"inverse"``), or None.
         knots: the map has ``_spline(h)`` whose first two results are its knots in z and x.
-        stress: names of extra raw parameters of an extreme shape (``parameters(kind)``).
+        stress: names of extra kinds of raw parameters (``parameters(kind)``): for the RQ spline
+            gentle ones (N(0, 0.5^2)) and bins or knot derivatives of an extreme shape.
         rough_at_bound: kinds whose bins next to the bound are so narrow or steep that the
             log-slope changes by more than the slope check's tolerance within one ulp there.
     """
