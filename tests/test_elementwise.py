@@ -1,13 +1,12 @@
-"""Element-wise transforms and monotonic element-wise maps: what the registry contract cannot see.
+"""Element-wise transforms and monotonic element-wise maps: what the registry contracts cannot see.
 
-tests/test_transforms.py already checks round trips, ladj against autograd, shapes and
-gradients at random points for every registered transform. Here: domain errors; for each new
-map, the tail contract at and beyond the bound (exactly at it, one ulp either side, far away,
-float32 and float64, both directions), continuity there, monotonicity, identity at zero
-parameters, closed-form properties (exact integration, smoothness at knots), and for the
-numerical inverses their tolerance, their implicit gradients and their ConvergenceError.
+tests/test_transforms.py checks round trips, ladj against autograd, shapes and gradients at
+random points for every registered transform, and tests/test_elementwise_maps.py the map
+contract of every element-wise map (finite at and beyond the bound, tails, continuity there,
+monotonicity, identity at zero parameters). Here: domain errors; closed-form properties (exact
+integration, smoothness at knots, Steffen's slopes); and for the numerical inverses their
+tolerance, their implicit gradients and their ConvergenceError.
 """
-
 import math
 
 import numpy as np
@@ -16,27 +15,33 @@ import torch
 import torch.nn.functional as F
 
 import pushforward as pf
-from pushforward.testing import perturb
+from pushforward import testing
+from pushforward.testing import apply_map as apply
+from pushforward.testing import edge_points, perturb
 from pushforward.transforms import (
-    BernsteinPolynomial, ConvergenceError, CubicSpline, DeepSigmoidMap, DomainError, LeakyReLU, LinearRationalSpline,
-    MaskedAutoregressive, PiecewiseLinear, PiecewiseQuadratic, Sigmoid, Softplus, SOSPolynomial, Tanh, UMNNMap,
+    BernsteinPolynomial,
+    ConvergenceError,
+    CubicSpline,
+    DeepSigmoidMap,
+    DomainError,
+    LeakyReLU,
+    LinearRationalSpline,
+    MaskedAutoregressive,
+    PiecewiseLinear,
+    PiecewiseQuadratic,
+    Sigmoid,
+    Softplus,
+    SOSPolynomial,
+    Tanh,
+    UMNNMap,
 )
 
-BINS, BOUND = 5, 2.0
+BOUND = testing.MAP_BOUND
 DTYPES = [torch.float32, torch.float64]
 DTYPE_IDS = ["float32", "float64"]
-FAR = [1e3, -1e3]
-MAPS = {
-    "piecewise-linear": lambda: PiecewiseLinear(BINS, BOUND),
-    "piecewise-quadratic": lambda: PiecewiseQuadratic(BINS, BOUND),
-    "cubic-spline": lambda: CubicSpline(BINS, BOUND),
-    "linear-rational-spline": lambda: LinearRationalSpline(BINS, BOUND),
-    "sos": lambda: SOSPolynomial(3, 3, BOUND),
-    "bernstein": lambda: BernsteinPolynomial(8, BOUND),
-}
-NUMERICAL = ["cubic-spline", "sos", "bernstein"]  # inverse by bisection
-LINEAR_TAILS = ["sos", "bernstein"]  # the others have identity tails
-SCALES = {"zero": 0.0, "random": 1.5, "large": 4.0}
+MAPS = testing.elementwise_map_examples()
+# the maps of the registry whose inverse is solved by bisection, inside their bound
+NUMERICAL = [name for name, e in MAPS.items() if e.numerical == "inverse" and e.bound is not None]
 
 
 def raw_params(m, dtype, scale: float, seed: int = 0) -> torch.Tensor:
@@ -44,28 +49,12 @@ def raw_params(m, dtype, scale: float, seed: int = 0) -> torch.Tensor:
     return (scale * torch.randn(m.params, generator=g, dtype=torch.float64)).to(dtype)
 
 
-def apply(m, u: torch.Tensor, h: torch.Tensor, inverse: bool):
-    """The map (or its inverse) at every point of u, with the parameters h (params,) at each."""
-    return (m.inverse if inverse else m.forward)(u, h.expand(*u.shape, m.params))
+def make(name: str):
+    return MAPS[name].make(torch.float64)
 
 
 def bounds(m, h: torch.Tensor, inverse: bool) -> torch.Tensor:
-    """The ends of the interval where the map is not a tail: ±bound, or their images."""
-    ends = torch.tensor([-BOUND, BOUND], dtype=h.dtype)
-    return apply(m, ends, h, inverse=False)[0].detach() if inverse else ends
-
-
-def edge_points(ends: torch.Tensor) -> torch.Tensor:
-    """Each end exactly and one ulp inside and outside it."""
-    inf = torch.tensor(math.inf, dtype=ends.dtype)
-    lo, hi = ends[0], ends[1]
-    return torch.stack([lo, torch.nextafter(lo, inf), torch.nextafter(lo, -inf),
-                        hi, torch.nextafter(hi, -inf), torch.nextafter(hi, inf)])
-
-
-@pytest.fixture(params=list(MAPS))
-def name(request):
-    return request.param
+    return testing.map_ends(m, h, BOUND, inverse)
 
 
 # --- element-wise transforms -----------------------------------------------------------------
@@ -150,90 +139,7 @@ def test_inverse_map_swaps_the_directions_and_keeps_parameters_registered():
     assert "SOSPolynomial(degree=2" in repr(pf.transforms.InverseMap(SOSPolynomial(2, 2)))
 
 
-# --- the tail contract of the monotonic maps -------------------------------------------------
-
-@pytest.mark.parametrize("inverse", [False, True], ids=["forward", "inverse"])
-@pytest.mark.parametrize("scale", list(SCALES.values()), ids=list(SCALES))
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-def test_values_ladj_and_gradients_are_finite_at_and_beyond_the_bound(name, dtype, scale, inverse):
-    m = MAPS[name]()
-    h = raw_params(m, dtype, scale)
-    ends = bounds(m, h, inverse)
-    inside = torch.linspace(0, 1, 41, dtype=dtype) * (ends[1] - ends[0]) + ends[0]
-    u = torch.cat([edge_points(ends), torch.tensor(FAR, dtype=dtype), inside]).requires_grad_()
-    hh = h.expand(*u.shape, m.params).clone().requires_grad_()
-    out, ladj = (m.inverse if inverse else m.forward)(u, hh)
-    assert out.dtype == ladj.dtype == dtype
-    assert torch.isfinite(out).all(), u[~torch.isfinite(out)]
-    assert torch.isfinite(ladj).all(), u[~torch.isfinite(ladj)]
-    w = torch.linspace(0.5, 1.5, len(u), dtype=dtype)  # no error may hide in a cancellation of the sum
-    gu, gh = torch.autograd.grad((w * out).sum() + (w * ladj).sum(), (u, hh))
-    assert torch.isfinite(gu).all(), u[~torch.isfinite(gu)]
-    assert torch.isfinite(gh).all(), u[~torch.isfinite(gh).all(-1)]
-
-
-@pytest.mark.parametrize("inverse", [False, True], ids=["forward", "inverse"])
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-def test_continuous_at_the_bound(name, dtype, inverse):
-    m = MAPS[name]()
-    h = raw_params(m, dtype, SCALES["random"])
-    e = edge_points(bounds(m, h, inverse))
-    out, ladj = apply(m, e, h, inverse)
-    # a few ulps of the output, and of the input magnified by the slope
-    eps = torch.finfo(dtype).eps
-    tol = 8 * eps * (out.abs().max() + e.abs().max() * ladj.exp().max())
-    # one ulp inside against exactly at and one ulp outside, at both ends
-    for i in (0, 3):
-        assert abs(out[i + 1] - out[i + 2]) <= tol and abs(out[i] - out[i + 2]) <= tol, (out, tol)
-
-
-@pytest.mark.parametrize("inverse", [False, True], ids=["forward", "inverse"])
-def test_tails(name, inverse):
-    m = MAPS[name]()
-    h = raw_params(m, torch.float64, SCALES["random"])
-    ends = bounds(m, h, inverse)
-    u = torch.cat([ends[0] - torch.tensor([1e3, 3.0, 1e-3]), ends[1] + torch.tensor([1e-3, 3.0, 1e3])])
-    out, ladj = apply(m, u, h, inverse)
-    if name not in LINEAR_TAILS:
-        assert torch.equal(out, u) and torch.equal(ladj, torch.zeros_like(ladj))
-        return
-    # straight lines that continue the value and the slope at the ends
-    at_ends, ladj_ends = apply(m, ends, h, inverse)
-    side = torch.tensor([0, 0, 0, 1, 1, 1])
-    expected = at_ends[side] + ladj_ends.exp()[side] * (u - ends[side])
-    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-9)
-    torch.testing.assert_close(ladj, ladj_ends[side], rtol=0, atol=1e-9)
-
-
-@pytest.mark.parametrize("inverse", [False, True], ids=["forward", "inverse"])
-@pytest.mark.parametrize("scale", ["random", "large"])
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-def test_monotone_on_sorted_inputs(name, dtype, scale, inverse):
-    m = MAPS[name]()
-    h = raw_params(m, dtype, SCALES[scale], seed=1)
-    ends = bounds(m, h, inverse)
-    width = ends[1] - ends[0]
-    u = torch.cat([torch.linspace(0, 1, 3001, dtype=dtype) * 1.5 * width + ends[0] - 0.25 * width,
-                   edge_points(ends)]).sort().values
-    out, _ = apply(m, u, h, inverse)
-    step = out.diff()
-    slack = 4 * torch.finfo(dtype).eps * float(out.abs().max())
-    if inverse and name in NUMERICAL:
-        slack = max(slack, 1e-5 if dtype == torch.float32 else 1e-10)  # the bisection's tolerance
-    assert (step >= -slack).all(), f"worst step {step.min().item():.3g} at {u[1:][step.argmin()].item()}"
-
-
-@pytest.mark.parametrize("inverse", [False, True], ids=["forward", "inverse"])
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-def test_zero_parameters_give_the_identity(name, dtype, inverse):
-    m = MAPS[name]()
-    u = torch.cat([torch.linspace(-3 * BOUND, 3 * BOUND, 601, dtype=dtype), edge_points(bounds(m, raw_params(
-        m, dtype, 0.0), False))])
-    out, ladj = apply(m, u, torch.zeros(m.params, dtype=dtype), inverse)
-    tol = 1e-12 if dtype == torch.float64 else 4e-6
-    torch.testing.assert_close(out, u, atol=tol, rtol=0)
-    torch.testing.assert_close(ladj, torch.zeros_like(ladj), atol=tol, rtol=0)
-
+# --- the monotonic maps (their shared contract: tests/test_elementwise_maps.py) ---------------
 
 def test_rejects_impossible_floors():
     for build in (lambda: PiecewiseLinear(bins=0), lambda: PiecewiseLinear(10, min_height=0.1),
@@ -251,8 +157,8 @@ def test_rejects_impossible_floors():
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("name", NUMERICAL)
 def test_numerical_inverse_meets_its_tolerance(name, dtype):
-    m = MAPS[name]()
-    h = raw_params(m, dtype, SCALES["random"], seed=2)
+    m = make(name)
+    h = raw_params(m, dtype, 1.5, seed=2)
     z = torch.cat([torch.linspace(-1.5 * BOUND, 1.5 * BOUND, 301, dtype=dtype), edge_points(bounds(m, h, False))])
     x, ladj = apply(m, z, h, inverse=False)
     z2, ladj2 = apply(m, x, h, inverse=True)
@@ -268,8 +174,8 @@ def test_numerical_inverse_meets_its_tolerance(name, dtype):
 
 @pytest.mark.parametrize("name", NUMERICAL)
 def test_numerical_inverse_has_the_implicit_gradients(name):
-    m = MAPS[name]()
-    h = raw_params(m, torch.float64, SCALES["random"], seed=3)
+    m = make(name)
+    h = raw_params(m, torch.float64, 1.5, seed=3)
     x = torch.linspace(-0.9, 0.9, 7, dtype=torch.float64) * bounds(m, h, True).abs().min()
     hh = h.expand(*x.shape, m.params).clone().requires_grad_()
     z, _ = m.inverse(x, hh)
@@ -284,8 +190,8 @@ def test_numerical_inverse_has_the_implicit_gradients(name):
 
 @pytest.mark.parametrize("name", NUMERICAL)
 def test_numerical_inverse_raises_convergence_error(name):
-    m = MAPS[name]()
-    h = raw_params(m, torch.float64, SCALES["random"])
+    m = make(name)
+    h = raw_params(m, torch.float64, 1.5)
     x = torch.linspace(-1.0, 1.0, 5, dtype=torch.float64)
     apply(m, x, h, inverse=True)
     m.max_iter = 3  # too few halvings for the default tolerance
@@ -365,8 +271,8 @@ def knot_positions(name: str, m, h: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("name", ["piecewise-quadratic", "cubic-spline", "linear-rational-spline"])
 def test_slope_is_continuous_at_the_knots(name):
-    m = MAPS[name]()
-    h = raw_params(m, torch.float64, SCALES["random"], seed=7)
+    m = make(name)
+    h = raw_params(m, torch.float64, 1.5, seed=7)
     knots = knot_positions(name, m, h)
 
     def jump(delta: float) -> torch.Tensor:
@@ -377,8 +283,8 @@ def test_slope_is_continuous_at_the_knots(name):
 
 
 def test_cubic_spline_knot_derivatives_follow_steffen():
-    m = CubicSpline(BINS, BOUND)
-    h = raw_params(m, torch.float64, SCALES["random"], seed=8)
+    m = make("cubic-spline")
+    h = raw_params(m, torch.float64, 1.5, seed=8)
     knots_x, knots_y, d = m._spline(h)
     z = knots_x.clone().requires_grad_()
     x, ladj = apply(m, z, h, inverse=False)
@@ -387,17 +293,6 @@ def test_cubic_spline_knot_derivatives_follow_steffen():
     s = knots_y.diff() / knots_x.diff()
     assert (d > 0).all() and (d[1:-1] <= 2 * torch.minimum(s[:-1], s[1:]) + 1e-15).all()
     assert (d[0] < 2 * s[0]) and (d[-1] < 2 * s[-1])
-
-
-@pytest.mark.parametrize("name", ["sos", "bernstein", "linear-rational-spline"])
-def test_slope_is_continuous_at_the_bound(name):
-    m = MAPS[name]()
-    h = raw_params(m, torch.float64, SCALES["random"], seed=9)
-    for inverse in (False, True):
-        ends = bounds(m, h, inverse)
-        _, inside = apply(m, ends + torch.tensor([1e-10, -1e-10], dtype=torch.float64), h, inverse)
-        _, outside = apply(m, ends + torch.tensor([-1e-10, 1e-10], dtype=torch.float64), h, inverse)
-        torch.testing.assert_close(inside, outside, atol=1e-6, rtol=0)
 
 
 # --- presets ---------------------------------------------------------------------------------

@@ -12,11 +12,24 @@ Users can run the same checks on their own transforms:
     >>> z = torch.randn(4, 3, dtype=torch.float64)
     >>> testing.check_round_trip(t, z)
     >>> testing.check_ladj(t, z)
+
+:func:`elementwise_map_examples` lists every element-wise map (``ElementwiseMap``: splines,
+polynomials, affine, neural) with the properties it has (a bound with identity or linear tails,
+the identity at zero parameters, a numerical direction); the map contract runs the
+``check_*`` functions of maps over it, in float32 and float64, in both directions. On a map of
+your own, with raw parameters h (params,):
+
+    >>> m, h = pf.transforms.RQSpline(5, 2.0), torch.randn(14, dtype=torch.float64)
+    >>> testing.check_identity_tails(m, h, bound=2.0)
+    >>> testing.check_monotone(m, h, bound=2.0, inverse=True)
+    >>> testing.check_continuous_at_bound(m, h, bound=2.0)
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -38,13 +51,15 @@ from .transforms.sylvester import HouseholderBasis, OrthogonalBasis, Permutation
 from .transforms.neural import BlockNeuralAutoregressive, DeepSigmoidMap, UMNNMap
 from .transforms.normalization import ActNorm, BatchNorm
 from .transforms.splines import RQSpline
-from .transforms.elementwise import InverseMap, LeakyReLU, Softplus, Tanh
+from .transforms.elementwise import ElementwiseMap, InverseMap, LeakyReLU, Softplus, Tanh
 from .transforms.polynomials import BernsteinPolynomial, SOSPolynomial
 from .transforms.splines import CubicSpline, LinearRationalSpline, PiecewiseLinear, PiecewiseQuadratic
 
 __all__ = [
     "transform_examples", "perturb", "autograd_ladj", "check_round_trip", "check_ladj",
-    "check_ladj_symmetry", "check_derivatives",
+    "check_ladj_symmetry", "check_derivatives", "MapExample", "elementwise_map_examples", "apply_map",
+    "check_map_finite", "check_identity_tails", "check_linear_tails", "check_identity_at_zero", "check_monotone",
+    "check_continuous_at_bound", "check_slope_continuous_at_bound", "map_ends", "edge_points",
 ]
 
 FEATURES = 5
@@ -276,3 +291,311 @@ def check_derivatives(t: Transform, u: Tensor, context: Tensor | None = None, in
     # fast mode: the derivatives along random directions of the inputs, a few evaluations each
     torch.autograd.gradcheck(score, inputs, fast_mode=True)
     torch.autograd.gradgradcheck(score, inputs, fast_mode=True)
+
+
+# --- element-wise maps -------------------------------------------------------------------------
+
+MAP_BINS, MAP_BOUND = 5, 2.0
+# where a map without tails is looked at: its grid spans [-_WINDOW, _WINDOW] and a quarter more
+_WINDOW = 2.0
+_FAR = (1e3, 1e30)
+# raw parameters N(0, scale^2) of every map
+_SCALES = {"zero": 0.0, "random": 1.5, "large": 4.0}
+
+
+def _rq_spline_stress(kind: str, bins: int, g: torch.Generator) -> Tensor:
+    """Raw RQSpline parameters (3 bins - 1,) of an extreme shape: bins of the floor size, knot
+    derivatives at their floor or huge, where peer libraries return NaN or inf."""
+    widths, heights, derivatives = (torch.randn(n, generator=g, dtype=torch.float64) for n in (bins, bins, bins - 1))
+    alternating = torch.tensor([30.0, -30.0] * bins, dtype=torch.float64)[:bins]
+    one_wide = torch.full((bins,), -30.0, dtype=torch.float64)
+    one_wide[bins // 2] = 30.0
+    if kind == "gentle":
+        widths, heights, derivatives = 0.5 * widths, 0.5 * heights, 0.5 * derivatives
+    elif kind == "one-wide-bin":  # one bin takes almost all the width, the others sit at the floor
+        widths, heights = one_wide, one_wide.flip(0)
+        heights[0] = 30.0
+    elif kind == "alternating-bins":
+        widths, heights = alternating, -alternating
+    elif kind == "steep-knots":
+        derivatives = torch.full_like(derivatives, 1e3)
+    elif kind == "flat-knots":
+        derivatives = torch.full_like(derivatives, -1e3)
+    elif kind == "mixed-knots":
+        derivatives = torch.tensor([1e3, -1e3] * bins, dtype=torch.float64)[: bins - 1]
+    elif kind == "all-extreme":
+        widths, heights = alternating, -alternating
+        derivatives = torch.tensor([-1e3, 1e3] * bins, dtype=torch.float64)[: bins - 1]
+    else:
+        raise ValueError(f"unknown kind of RQSpline parameters {kind!r}")
+    return torch.cat([widths, heights, derivatives])
+
+
+RQ_SPLINE_STRESS = ("one-wide-bin", "alternating-bins", "steep-knots", "flat-knots", "mixed-knots", "all-extreme")
+
+
+@dataclass(frozen=True)
+class MapExample:
+    r"""An element-wise map of the library and the properties its checks rely on.
+
+    Attributes:
+        build: makes the map (a fresh one each call; a map with weights of its own comes
+            seeded and perturbed, in float64).
+        bound: the map is a tail outside [-bound, bound] (of z; of its image for x), or None.
+        tails: ``"identity"`` or ``"linear"`` (straight lines continuing value and slope), or
+            None for a map without tails.
+        identity_at_zero: all-zero parameters give the identity.
+        smooth_at_bound: the slope is continuous at the bound, as well as the value.
+        numerical: the direction solved by bisection (``"forward"`` or ``"inverse"``), or None.
+        knots: the map has ``_spline(h)`` whose first two results are its knots in z and x.
+        stress: names of extra kinds of raw parameters (``parameters(kind)``): for the RQ spline
+            gentle ones (N(0, 0.5^2)) and bins or knot derivatives of an extreme shape.
+        rough_at_bound: kinds whose bins next to the bound are so narrow or steep that the
+            log-slope changes by more than the slope check's tolerance within one ulp there.
+    """
+
+    build: Callable[[], ElementwiseMap]
+    bound: float | None = None
+    tails: str | None = None
+    identity_at_zero: bool = True
+    smooth_at_bound: bool = False
+    numerical: str | None = None
+    knots: bool = False
+    stress: tuple[str, ...] = ()
+    rough_at_bound: tuple[str, ...] = ()
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """Names of the raw parameters the checks run on: scaled N(0, 1) draws, then ``stress``."""
+        return (*_SCALES, *self.stress)
+
+    def make(self, dtype: torch.dtype) -> ElementwiseMap:
+        """The map, with weights of its own (if any) in ``dtype``; seeded, so the same in every dtype."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            m = self.build()
+            if isinstance(m, nn.Module):
+                m = perturb(m.double()).to(dtype)
+        return m
+
+    def parameters(self, m: ElementwiseMap, kind: str, dtype: torch.dtype) -> Tensor:
+        """Raw parameters (m.params,) of the given kind in ``dtype``, seeded by the kind's name."""
+        g = torch.Generator().manual_seed(sum(map(ord, kind)))
+        if kind in _SCALES:
+            return (_SCALES[kind] * torch.randn(m.params, generator=g, dtype=torch.float64)).to(dtype)
+        return _rq_spline_stress(kind, m.bins, g).to(dtype)
+
+    def knot_points(self, m: ElementwiseMap, h: Tensor, inverse: bool = False) -> Tensor | None:
+        """The knots on the side ``inverse`` reads (x if True, z otherwise), or None."""
+        return m._spline(h)[1 if inverse else 0].detach() if self.knots else None
+
+
+def elementwise_map_examples() -> dict[str, MapExample]:
+    """Every element-wise map of the library (:class:`~pushforward.transforms.ElementwiseMap`),
+    by name, with the properties the ``check_*map*`` functions below test.
+
+    The splines and polynomials have 5 bins (degree 3 with 3 squares, degree 8) on
+    [-2, 2]; the maps onto R have no bound.
+    """
+    b, k = MAP_BOUND, MAP_BINS
+    spline = {"bound": b, "tails": "identity", "knots": True}
+    polynomial = {"bound": b, "tails": "linear", "smooth_at_bound": True, "numerical": "inverse"}
+    return {
+        "rq-spline": MapExample(lambda: RQSpline(k, b), smooth_at_bound=True, stress=("gentle", *RQ_SPLINE_STRESS),
+                                rough_at_bound=tuple(s for s in ("large", *RQ_SPLINE_STRESS) if s != "flat-knots"),
+                                **spline),
+        "piecewise-linear": MapExample(lambda: PiecewiseLinear(k, b), **spline),
+        "piecewise-quadratic": MapExample(lambda: PiecewiseQuadratic(k, b), **spline),
+        "cubic-spline": MapExample(lambda: CubicSpline(k, b), numerical="inverse", **spline),
+        "linear-rational-spline": MapExample(lambda: LinearRationalSpline(k, b), smooth_at_bound=True, **spline),
+        "sos": MapExample(lambda: SOSPolynomial(3, 3, b), **polynomial),
+        "bernstein": MapExample(lambda: BernsteinPolynomial(8, b), **polynomial),
+        "affine": MapExample(AffineMap),
+        "sigmoid-affine": MapExample(SigmoidAffineMap, identity_at_zero=False),
+        "additive": MapExample(AdditiveMap),
+        "deep-sigmoid": MapExample(lambda: DeepSigmoidMap(units=4, layers=2), identity_at_zero=False,
+                                   numerical="forward"),
+        # perturbed, so that the integrand is not constant: zero parameters no longer give the identity
+        "umnn": MapExample(lambda: UMNNMap(embedding=4, hidden_features=(8, 8), nodes=17), identity_at_zero=False,
+                           numerical="forward"),
+    }
+
+
+def apply_map(m: ElementwiseMap, u: Tensor, h: Tensor, inverse: bool = False) -> tuple[Tensor, Tensor]:
+    """The map (or its inverse) at every point of ``u``, with the same parameters h (params,) at each.
+
+    Shapes: u (*shape); h (params,); returns out, ladj (*shape).
+    """
+    return (m.inverse if inverse else m.forward)(u, h.expand(*u.shape, m.params))
+
+
+def map_ends(m: ElementwiseMap, h: Tensor, bound: float | None, inverse: bool = False) -> Tensor:
+    """(2,): the ends of the interval where the map is not a tail, on the side ``inverse`` reads:
+    ±bound, or their images (a window of ±2 for a map without tails)."""
+    ends = torch.tensor([-1.0, 1.0], dtype=h.dtype, device=h.device) * (bound or _WINDOW)
+    return apply_map(m, ends, h)[0].detach() if inverse else ends
+
+
+def _ulp(u: Tensor, direction: float) -> Tensor:
+    """The next floating-point number after each of ``u`` towards ``direction`` (±inf)."""
+    return torch.nextafter(u, torch.full_like(u, direction))
+
+
+def edge_points(ends: Tensor) -> Tensor:
+    """(6,): each end exactly, one ulp inside and one ulp outside it."""
+    lo, hi = ends[:1], ends[1:]
+    return torch.cat([lo, _ulp(lo, math.inf), _ulp(lo, -math.inf), hi, _ulp(hi, -math.inf), _ulp(hi, math.inf)])
+
+
+def _with_neighbours(points: Tensor | None, like: Tensor) -> Tensor:
+    """``points`` and the floating-point numbers either side of each (none if None)."""
+    if points is None:
+        return like.new_zeros(0)
+    p = points.to(like)
+    return torch.cat([p, _ulp(p, math.inf), _ulp(p, -math.inf)])
+
+
+def check_map_finite(m: ElementwiseMap, h: Tensor, bound: float | None = None, inverse: bool = False,
+                     points: Tensor | None = None, far: tuple[float, ...] = _FAR) -> None:
+    r"""Assert that values, ladj and the gradients in the input and in h are finite everywhere.
+
+    At the ends of [-bound, bound] (of its image for ``inverse``) exactly and one ulp either
+    side, at ±``far`` (1e3 and 1e30; a direction solved by bisection without tails reaches only
+    the image of ±1e8, the bisection's bracket, which may not hold 1e3), on a grid inside, and
+    at ``points`` (e.g.
+    knots) and their ulp neighbours; the gradients of sum w (out + ladj) with weights w that
+    differ per point, so that no error hides in a cancellation. Asserts the output keeps the
+    dtype of ``h``.
+    """
+    ends = map_ends(m, h, bound, inverse)
+    far = torch.tensor(far, dtype=h.dtype, device=h.device)
+    inside = torch.linspace(0, 1, 101, dtype=h.dtype, device=h.device) * (ends[1] - ends[0]) + ends[0]
+    u = torch.cat([edge_points(ends), far, -far, inside, _with_neighbours(points, ends)]).requires_grad_()
+    hh = h.expand(*u.shape, m.params).clone().requires_grad_()
+    out, ladj = (m.inverse if inverse else m.forward)(u, hh)
+    assert out.dtype == ladj.dtype == h.dtype, (out.dtype, ladj.dtype)
+    assert torch.isfinite(out).all(), f"non-finite output at {u[~torch.isfinite(out)]}"
+    assert torch.isfinite(ladj).all(), f"non-finite ladj at {u[~torch.isfinite(ladj)]}"
+    w = torch.linspace(0.5, 1.5, len(u), dtype=h.dtype, device=h.device)
+    gu, gh = torch.autograd.grad((w * out).sum() + (w * ladj).sum(), (u, hh))
+    assert torch.isfinite(gu).all(), f"non-finite d/du at {u[~torch.isfinite(gu)]}"
+    assert torch.isfinite(gh).all(), f"non-finite d/dh at {u[~torch.isfinite(gh).all(-1)]}"
+
+
+def _beyond(ends: Tensor) -> Tensor:
+    """Points beyond the ends: one ulp, 1e-3, 3, 1e3 and 1e30 outside each."""
+    offsets = torch.tensor([1e-3, 3.0, *_FAR], dtype=ends.dtype, device=ends.device)
+    return torch.cat([_ulp(ends[:1], -math.inf), ends[0] - offsets, _ulp(ends[1:], math.inf), ends[1] + offsets])
+
+
+def check_identity_tails(m: ElementwiseMap, h: Tensor, bound: float, inverse: bool = False) -> None:
+    r"""Assert that the map is exactly the identity beyond ±bound, gradients included.
+
+    At one ulp, 1e-3, 3, 1e3 and 1e30 beyond ±bound (in both directions, the image of ±bound
+    being ±bound up to rounding): out == u and ladj == 0 bit for bit, d(out + ladj)/du == 1
+    and d(out + ladj)/dh == 0 exactly (no NaN leaks in from the spline's branch that is not
+    taken).
+    """
+    u = _beyond(map_ends(m, h, bound, False))
+    assert (u.abs() > bound).all()
+    u.requires_grad_()
+    hh = h.expand(*u.shape, m.params).clone().requires_grad_()
+    out, ladj = (m.inverse if inverse else m.forward)(u, hh)
+    assert torch.equal(out, u.detach()), f"not the identity beyond the bound: {out} at {u.detach()}"
+    assert torch.equal(ladj, torch.zeros_like(ladj)), f"ladj {ladj} beyond the bound"
+    gu, gh = torch.autograd.grad(out.sum() + ladj.sum(), (u, hh))
+    assert torch.equal(gu, torch.ones_like(gu)), gu
+    assert torch.equal(gh, torch.zeros_like(gh)), gh
+
+
+@torch.no_grad()
+def check_linear_tails(m: ElementwiseMap, h: Tensor, bound: float, inverse: bool = False) -> None:
+    r"""Assert that beyond the ends the map is the straight line through its end value with its end slope.
+
+    With e the ends (±bound, or their images for ``inverse``): out = f(e) + f'(e) (u - e) and
+    ladj = log f'(e) at 1e-3, 3 and 1e3 beyond each end, to about 4000 ulps relative (1e-12 in
+    float64) and 4e6 ulps absolute (1e-9).
+    """
+    ends = map_ends(m, h, bound, inverse)
+    offsets = torch.tensor([1e3, 3.0, 1e-3], dtype=h.dtype, device=h.device)
+    u = torch.cat([ends[0] - offsets, ends[1] + offsets.flip(0)])
+    out, ladj = apply_map(m, u, h, inverse)
+    at_ends, ladj_ends = apply_map(m, ends, h, inverse)
+    side = (torch.arange(6, device=u.device) >= 3).long()
+    eps = torch.finfo(h.dtype).eps
+    expected = at_ends[side] + ladj_ends.exp()[side] * (u - ends[side])
+    torch.testing.assert_close(out, expected, rtol=4e3 * eps, atol=4e6 * eps)
+    torch.testing.assert_close(ladj, ladj_ends[side], rtol=0, atol=4e6 * eps)
+
+
+@torch.no_grad()
+def check_identity_at_zero(m: ElementwiseMap, dtype: torch.dtype, bound: float | None = None,
+                           inverse: bool = False) -> None:
+    r"""Assert that all-zero parameters give the identity, out = u and ladj = 0.
+
+    On a grid over ±3 bound and at ±bound and their ulp neighbours, to 1e-12 in float64 and
+    2e-6 in float32 (the quadrature or bisection of a numerical direction included).
+    """
+    b = bound or _WINDOW
+    h = torch.zeros(m.params, dtype=dtype)
+    u = torch.cat([torch.linspace(-3 * b, 3 * b, 601, dtype=dtype), edge_points(map_ends(m, h, b, False))])
+    out, ladj = apply_map(m, u, h, inverse)
+    tol = 1e-12 if dtype == torch.float64 else 2e-6
+    torch.testing.assert_close(out, u, atol=tol, rtol=0)
+    torch.testing.assert_close(ladj, torch.zeros_like(ladj), atol=tol, rtol=0)
+
+
+@torch.no_grad()
+def check_monotone(m: ElementwiseMap, h: Tensor, bound: float | None = None, inverse: bool = False,
+                   points: Tensor | None = None, tol: float = 0.0, ulps: int = 2, grid: int = 4001) -> None:
+    r"""Assert that the map is non-decreasing on sorted inputs.
+
+    On ``grid`` points over the interval [e_0, e_1] of the ends widened by a quarter of its width
+    on each side, the edge points and ``points``: each step out_{i+1} - out_i >= -slack with
+    slack ``ulps`` ulps of the largest |out| (a rounding of y_k + h r in a bin, not a fold of
+    the map), or ``tol`` for a direction solved to that tolerance.
+    """
+    ends = map_ends(m, h, bound, inverse)
+    width = ends[1] - ends[0]
+    spread = torch.linspace(0, 1, grid, dtype=h.dtype, device=h.device) * 1.5 * width + ends[0] - 0.25 * width
+    u = torch.cat([spread, edge_points(ends), _with_neighbours(points, ends)]).sort().values
+    out, _ = apply_map(m, u, h, inverse)
+    step, big = out.diff(), out.abs().max()
+    slack = max(ulps * float(_ulp(big, math.inf) - big), tol)
+    assert (step >= -slack).all(), (f"{int((step < -slack).sum())} decreasing steps, worst {step.min().item():.3g} "
+                                    f"at {u[1:][step.argmin()].item()}")
+
+
+@torch.no_grad()
+def check_continuous_at_bound(m: ElementwiseMap, h: Tensor, bound: float, inverse: bool = False) -> None:
+    r"""Assert that the map is continuous where its tails begin.
+
+    At each end e (±bound, or its image for ``inverse``): |f(e^-) - f(e^+)| and |f(e) - f(e^+)|
+    within 8 ulps of max(|out|, |e| f'(e)) (the rounding of the output, and of the input
+    magnified by the slope at the ends), e^± one ulp inside and outside.
+    """
+    e = edge_points(map_ends(m, h, bound, inverse))
+    out, ladj = apply_map(m, e, h, inverse)
+    slope = float(ladj[[0, 3]].exp().max())
+    tol = 8 * torch.finfo(h.dtype).eps * max(float(out.abs().max()), float(e.abs().max()) * slope)
+    for i in (0, 3):  # exactly at, one ulp inside, one ulp outside
+        assert abs(out[i + 1] - out[i + 2]) <= tol and abs(out[i] - out[i + 2]) <= tol, (out, tol)
+
+
+@torch.no_grad()
+def check_slope_continuous_at_bound(m: ElementwiseMap, h: Tensor, bound: float, inverse: bool = False,
+                                    delta: float = 1e-10, atol: float = 1e-6) -> None:
+    r"""Assert that the slope of the map is continuous where its tails begin (a C^1 map).
+
+    The ladj one ulp inside and one ulp outside each end agree to 1000 ulps, and (where
+    ``delta`` is more than an ulp: in float64) at ``delta`` inside and outside to ``atol``.
+    """
+    ends = map_ends(m, h, bound, inverse)
+    _, ladj = apply_map(m, edge_points(ends), h, inverse)
+    tol = 1e3 * torch.finfo(h.dtype).eps
+    for i in (0, 3):
+        assert abs(ladj[i + 1] - ladj[i + 2]) <= tol, (ladj, tol)
+    if delta > 2 * torch.finfo(h.dtype).eps * float(ends.abs().max()):
+        _, inside = apply_map(m, ends + torch.tensor([delta, -delta], dtype=h.dtype, device=h.device), h, inverse)
+        _, outside = apply_map(m, ends + torch.tensor([-delta, delta], dtype=h.dtype, device=h.device), h, inverse)
+        torch.testing.assert_close(inside, outside, atol=atol, rtol=0)
