@@ -6,12 +6,16 @@ Each stochastic check averages many independent draws, vectorised over a batch o
 one input, and allows 4 standard errors of the mean.
 """
 
+import json
 import math
 
 import pytest
 import torch
 
 import pushforward as pf
+from cli_helpers import invoke
+from pushforward.cli import main
+from pushforward.experiment import load_run
 from pushforward.nn.lipschitz import ELU, SpectralLinear
 from pushforward.transforms import ConvergenceError, ResidualBlock, log_det_estimators
 
@@ -270,3 +274,54 @@ def test_reported_metrics_name_the_log_det_estimator():
     assert measure_rows(pf.ResidualFlow(3, transforms=2, hidden_features=(8,)), rows).log_det == "exact"
     assert measure_rows(pf.IResNet(200, transforms=1, hidden_features=(8,)), torch.randn(20, 200)).log_det == "series"
     assert measure_rows(pf.MAF(3, transforms=1, hidden_features=(8,)), rows).log_det is None
+
+
+# --- the command line ----------------------------------------------------------------------
+
+def test_command_line_sets_what_the_papers_vary(tmp_path):
+    out = tmp_path / "run"
+    invoke(main, "fit", "--data", "moons", "--flow", "iresnet", "--transforms", 2, "--hidden-features", 8,
+           "--coefficient", 0.8, "--estimator", "roulette", "--eval-estimator", "series", "--terms", 3,
+           "--exact-terms", 1, "--stop-probability", 0.3, "--iterations", 4, "--epochs", 1, "--max-minutes", 0.05,
+           "--quiet", "--out", out)
+    kwargs = json.loads((out / "config.json").read_text())["flow_kwargs"]
+    assert kwargs == {"transforms": 2, "hidden_features": [8], "coefficient": 0.8, "estimator": "roulette",
+                      "eval_estimator": "series", "terms": 3, "exact_terms": 1, "stop_probability": 0.3,
+                      "iterations": 4}
+    assert json.loads((out / "metrics.json").read_text())["log_det"] == "series"
+    flow, _ = load_run(out)
+    blocks = [m for m in flow.modules() if isinstance(m, ResidualBlock)]
+    assert [(b.estimator, b.eval_estimator, b.terms, b.exact_terms, b.stop_probability) for b in blocks] == \
+        [("roulette", "series", 3, 1, 0.3)] * 2
+    assert {(layer.coefficient, layer.iterations) for b in blocks for layer in b.net.linears} == {(0.8, 4)}
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--coefficient", 1, "'--coefficient': '1' is not a finite number > 0 and < 1"),
+    ("--coefficient", 0, "'--coefficient': '0' is not a finite number > 0 and < 1"),
+    ("--estimator", "hutchinson", "'--estimator': 'hutchinson' is not one of 'exact', 'series', 'roulette'"),
+    ("--eval-estimator", "brute", "'--eval-estimator': 'brute' is not one of"),
+    ("--stop-probability", 1, "'--stop-probability': '1' is not a finite number > 0 and < 1"),
+    ("--terms", 0, "'--terms': '0' is not an integer >= 1"),
+])
+def test_bad_residual_options_are_one_line_errors(tmp_path, option, value, message):
+    result = invoke(main, "fit", "--data", "moons", "--flow", "residual", option, value, "--out", tmp_path / "x",
+                    ok=False)
+    assert result.exit_code == 2 and message in result.output
+    assert [line for line in result.output.splitlines() if line.startswith("Error")] == \
+        [line for line in result.output.splitlines() if message in line]
+    result = invoke(main, "fit", "--data", "moons", "--flow", "maf", "--coefficient", 0.5, "--out", tmp_path / "y",
+                    ok=False)
+    assert "--coefficient does not apply to --flow maf" in result.output
+
+
+def test_config_with_a_coefficient_out_of_range_is_refused(tmp_path):
+    out = tmp_path / "run"
+    invoke(main, "fit", "--data", "moons", "--flow", "residual", "--transforms", 1, "--hidden-features", 8,
+           "--epochs", 1, "--max-minutes", 0.02, "--quiet", "--out", out)
+    config = json.loads((out / "config.json").read_text())
+    config["flow_kwargs"]["coefficient"] = 1.5
+    (out / "config.json").write_text(json.dumps(config))
+    result = invoke(main, "evaluate", out, ok=False)
+    assert "config.json is corrupted: flow_kwargs: coefficient must be a finite number > 0 and < 1, got 1.5" \
+        in result.output

@@ -34,6 +34,7 @@ from .common import (load_data, IMAGE_SIZE, SIZES, absolute, check_output_file, 
                          run_options, tensorboard_option, torch_device)
 from ..runs import RunFolder
 from ..flows import IMAGE_PRESETS, PRESETS
+from ..transforms.residual import ESTIMATORS
 from ..train import atomic_write, fit as fit_flow
 
 __all__ = ["fit", "evaluate", "sample"]
@@ -120,6 +121,23 @@ def _data_space(samples: torch.Tensor, dataset) -> torch.Tensor:
               help="ffjord: weight of the Jacobian-norm regulariser int ||df/dz||_F^2 dt (default 0).")
 @click.option("--adjoint", is_flag=True, default=None,
               help="ffjord: back-propagate by the adjoint method (memory constant in the number of steps).")
+@click.option("--evaluation-trace", type=click.Choice(["exact", "hutchinson"]), default=None,
+              help="ffjord: the trace in evaluation, exact (default) or Hutchinson's estimate.")
+@click.option("--coefficient", type=number("coefficient"), default=None,
+              help="residual, iresnet: the Lipschitz bound c < 1 of each layer of g (default 0.97, iresnet 0.9).")
+@click.option("--estimator", type=click.Choice(ESTIMATORS), default=None,
+              help="residual, iresnet: the log-det estimator in training (default roulette, iresnet series).")
+@click.option("--eval-estimator", type=click.Choice(ESTIMATORS), default=None,
+              help="residual, iresnet: the log-det estimator in evaluation (default exact up to 128 features).")
+@click.option("--iterations", type=number("iterations"), default=None,
+              help="residual, iresnet: power-iteration steps per training step for the gradient of each spectral "
+                   "norm (default 1; the norm itself is exact).")
+@click.option("--terms", type=number("terms"), default=None,
+              help="residual, iresnet: terms n of the truncated series estimator (default 5).")
+@click.option("--exact-terms", type=number("exact_terms"), default=None,
+              help="residual, iresnet: terms that every Russian-roulette estimate computes (default 2).")
+@click.option("--stop-probability", type=number("stop_probability"), default=None,
+              help="residual, iresnet: p of the Russian roulette's geometric number of further terms (default 0.5).")
 @click.option("--image-size", type=IMAGE_SIZE, default=None,
               help="A folder of images: resize every image to this size, e.g. 32 or 28,28 (H,W).")
 @click.option("--dequantization", type=click.Choice(["uniform", "variational"]), default="uniform", show_default=True,
@@ -152,6 +170,7 @@ def _data_space(samples: torch.Tensor, dataset) -> torch.Tensor:
 @one_line_errors
 def fit(data, data_dir, test_file, flow_name, transforms, hidden_features, bins, autoregressive, normalization,
         levels, steps, hidden_channels, blocks, convolution, additive, trace, rtol, atol, kinetic, jacobian, adjoint,
+        evaluation_trace, coefficient, estimator, eval_estimator, iterations, terms, exact_terms, stop_probability,
         image_size, dequantization, epochs, batch_size, lr, weight_decay, schedule, clip_grad, patience, max_minutes, seed,
         float64, compiled, device, threads, nproc, out, overwrite, resume, as_json, quiet, tensorboard):
     """Train a flow by maximum likelihood and write a run folder.
@@ -194,7 +213,10 @@ def fit(data, data_dir, test_file, flow_name, transforms, hidden_features, bins,
             "hidden_features": hidden_features, "bins": bins, "autoregressive": autoregressive, "levels": levels,
             "steps": steps, "hidden_channels": hidden_channels, "blocks": blocks, "convolution": convolution,
             "additive": additive, "trace": trace, "rtol": rtol, "atol": atol, "kinetic": kinetic,
-            "jacobian": jacobian, "adjoint": adjoint})
+            "jacobian": jacobian, "adjoint": adjoint, "evaluation_trace": evaluation_trace,
+            "coefficient": coefficient, "estimator": estimator, "eval_estimator": eval_estimator,
+            "iterations": iterations, "terms": terms, "exact_terms": exact_terms,
+            "stop_probability": stop_probability})
         config = {
             "flow": flow_name, "flow_kwargs": kwargs, "dequantization": dequantization,
             "data": {"name": _absolute_data(data), "display": data, "data_dir": absolute(data_dir), "seed": seed,

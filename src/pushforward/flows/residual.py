@@ -25,9 +25,15 @@ __all__ = ["ResidualFlow", "IResNet"]
 
 
 def _residual_chain(features: int, context_features: int, transforms: int, normalization: str | None,
-                    activation: type[nn.Module], **block) -> Chain:
-    """``transforms`` blocks applied data -> base (``Inverse(ResidualBlock)``), a normalisation between them."""
-    layers = [Inverse(ResidualBlock(features, context_features, activation=activation, **block))
+                    activation: type[nn.Module], hidden_features: Sequence[int], **block) -> Chain:
+    """``transforms`` blocks applied data -> base (``Inverse(ResidualBlock)``), a normalisation between them.
+
+    Raises:
+        ValueError: for arguments out of range or an unknown estimator name.
+    """
+    check_arguments(features=features, context_features=context_features, transforms=transforms,
+                    hidden_features=hidden_features)
+    layers = [Inverse(ResidualBlock(features, context_features, tuple(hidden_features), activation=activation, **block))
               for _ in range(transforms)]
     return stack(layers, features, normalization)
 
@@ -52,27 +58,28 @@ class ResidualFlow(Flow):
         transforms: number of residual blocks.
         hidden_features: hidden layer sizes of each g.
         coefficient: spectral-norm bound c < 1 of each linear layer of g.
-        exact_terms: terms of the series that every estimate computes.
+        estimator: the log-det estimator in training, "roulette" (the paper's), "series" or "exact".
+        eval_estimator: the estimator in evaluation mode (None: "exact" up to 128 features,
+            else ``estimator``).
+        terms: number n of power-series terms of the "series" estimator.
+        exact_terms: terms of the series that every "roulette" estimate computes.
         stop_probability: p of the geometric number of further terms, 0 < p < 1.
         iterations: power-iteration steps per training step for the gradient of the spectral
             norms, whose values are exact (None: exact gradients too, slower).
         normalization: "act" (ActNorm, the paper's), "batch" or None between blocks.
 
     Raises:
-        ValueError: for arguments out of range (c must be in (0, 1)).
+        ValueError: for arguments out of range (c must be in (0, 1)) or an unknown estimator.
     """
 
     def __init__(self, features: int, context_features: int = 0, transforms: int = 8,
-                 hidden_features: Sequence[int] = (128, 128), coefficient: float = 0.97, exact_terms: int = 2,
+                 hidden_features: Sequence[int] = (128, 128), coefficient: float = 0.97, estimator: str = "roulette",
+                 eval_estimator: str | None = None, terms: int = 5, exact_terms: int = 2,
                  stop_probability: float = 0.5, iterations: int | None = 1, normalization: str | None = "act"):
-        check_arguments(features=features, context_features=context_features, transforms=transforms,
-                        hidden_features=hidden_features, coefficient=coefficient, exact_terms=exact_terms,
-                        stop_probability=stop_probability, iterations=iterations)
-        transform = _residual_chain(features, context_features, transforms, normalization, LipSwish,
-                                    hidden_features=tuple(hidden_features), coefficient=coefficient,
-                                    estimator="roulette", exact_terms=exact_terms,
-                                    stop_probability=stop_probability, iterations=iterations)
-        super().__init__(StandardNormal(features), transform)
+        super().__init__(StandardNormal(features), _residual_chain(
+            features, context_features, transforms, normalization, LipSwish, hidden_features=hidden_features,
+            coefficient=coefficient, estimator=estimator, eval_estimator=eval_estimator, terms=terms,
+            exact_terms=exact_terms, stop_probability=stop_probability, iterations=iterations))
 
 
 class IResNet(Flow):
@@ -94,21 +101,24 @@ class IResNet(Flow):
         transforms: number of residual blocks.
         hidden_features: hidden layer sizes of each g.
         coefficient: spectral-norm bound c < 1 of each linear layer of g.
-        terms: number n of power-series terms.
+        estimator: the log-det estimator in training, "series" (the paper's), "roulette" or "exact".
+        eval_estimator: the estimator in evaluation mode (None: "exact" up to 128 features,
+            else ``estimator``).
+        terms: number n of power-series terms of the "series" estimator.
+        exact_terms, stop_probability: those of the "roulette" estimator (:class:`ResidualFlow`).
         iterations: power-iteration steps per training step for the gradient of the spectral
             norms, whose values are exact (None: exact gradients too, slower).
         normalization: "act" (ActNorm), "batch" or None between blocks.
 
     Raises:
-        ValueError: for arguments out of range (c must be in (0, 1)).
+        ValueError: for arguments out of range (c must be in (0, 1)) or an unknown estimator.
     """
 
     def __init__(self, features: int, context_features: int = 0, transforms: int = 8,
-                 hidden_features: Sequence[int] = (128, 128), coefficient: float = 0.9, terms: int = 5,
-                 iterations: int | None = 1, normalization: str | None = "act"):
-        check_arguments(features=features, context_features=context_features, transforms=transforms,
-                        hidden_features=hidden_features, coefficient=coefficient, terms=terms, iterations=iterations)
-        transform = _residual_chain(features, context_features, transforms, normalization, ELU,
-                                    hidden_features=tuple(hidden_features), coefficient=coefficient,
-                                    estimator="series", terms=terms, iterations=iterations)
-        super().__init__(StandardNormal(features), transform)
+                 hidden_features: Sequence[int] = (128, 128), coefficient: float = 0.9, estimator: str = "series",
+                 eval_estimator: str | None = None, terms: int = 5, exact_terms: int = 2,
+                 stop_probability: float = 0.5, iterations: int | None = 1, normalization: str | None = "act"):
+        super().__init__(StandardNormal(features), _residual_chain(
+            features, context_features, transforms, normalization, ELU, hidden_features=hidden_features,
+            coefficient=coefficient, estimator=estimator, eval_estimator=eval_estimator, terms=terms,
+            exact_terms=exact_terms, stop_probability=stop_probability, iterations=iterations))
