@@ -16,8 +16,8 @@ import pushforward as pf
 from cli_helpers import invoke
 from pushforward.cli import main
 from pushforward.experiment import load_run
-from pushforward.nn.lipschitz import ELU, SpectralLinear
-from pushforward.transforms import ConvergenceError, ResidualBlock, log_det_estimators
+from pushforward.nn.lipschitz import ELU, SpectralConv2d, SpectralLinear, circular_conv2d
+from pushforward.transforms import ConvergenceError, ConvResidualBlock, ResidualBlock, log_det_estimators
 
 DRAWS = 2000
 
@@ -225,6 +225,145 @@ def test_residual_map_is_a_contraction():
     g = t.net.forward
     ratio = torch.linalg.vector_norm(g(a) - g(b), dim=-1) / torch.linalg.vector_norm(a - b, dim=-1)
     assert float(ratio.detach().max()) <= 0.9 + 1e-12
+
+
+# --- the convolutional block ---------------------------------------------------------------
+
+IMAGE = (2, 4, 4)
+
+
+def conv_block(bound=0.9, kernel_sizes=(3, 1, 3), **kwargs) -> ConvResidualBlock:
+    """A block of (2, 4, 4) images in float64 whose convolutions all sit at the bound, so
+    Lip(g) <= ``bound`` = c^L; with one convolution (``kernel_sizes`` (3,)), g is linear and its
+    Jacobian's norm is ``bound`` exactly, the slowest series."""
+    layers = len(kernel_sizes)
+    t = ConvResidualBlock(IMAGE, hidden_channels=4, kernel_sizes=kernel_sizes, coefficient=bound ** (1 / layers),
+                          activation=ELU, iterations=None, **kwargs).double()
+    with torch.no_grad():
+        for layer in t.net.convs:
+            layer.weight.mul_(10)
+    return t
+
+
+def positive_conv_block(**kwargs) -> ConvResidualBlock:
+    """A linear g(z) = K z + b, K a convolution with a symmetric kernel whose operator is symmetric
+    positive definite with norm 0.9: every term of the series adds up, log det(I + K) is large
+    (about 12 nats) and a truncation or a biased roulette shows."""
+    t = conv_block(kernel_sizes=(3,), **kwargs)
+    kernel = torch.zeros(2, 2, 3, 3, dtype=torch.float64)
+    kernel[:, :, 1, 1] = torch.tensor([[1.0, 0.3], [0.3, 1.0]])
+    kernel[:, :, 0, 1] = kernel[:, :, 2, 1] = 0.2 * torch.eye(2)
+    with torch.no_grad():
+        t.net.convs[0].weight.copy_(10 * kernel)
+    return t
+
+
+def conv_jacobian(t: ConvResidualBlock, z: torch.Tensor) -> torch.Tensor:
+    """J_g at one image z (1, C, H, W), flattened to (D, D), by autograd."""
+    return torch.autograd.functional.jacobian(lambda u: t.net(u.reshape(1, *IMAGE)).reshape(-1), z.reshape(-1))
+
+
+def image_copies(z: torch.Tensor, n: int = DRAWS) -> torch.Tensor:
+    return z.expand(n, *IMAGE).clone()
+
+
+@pytest.mark.parametrize("kernel_sizes", ["positive", (3,), (3, 1, 3)])
+def test_conv_block_is_a_contraction_and_its_exact_ladj_is_slogdet(kernel_sizes):
+    t = (positive_conv_block() if kernel_sizes == "positive" else conv_block(kernel_sizes=kernel_sizes)).eval()
+    z = torch.randn(1, *IMAGE, dtype=torch.float64)
+    jac = conv_jacobian(t, z)
+    norm = float(torch.linalg.matrix_norm(jac, 2))
+    assert norm <= 0.9 + 1e-12 and (len(kernel_sizes) > 1 or norm > 0.9 - 1e-12)
+    torch.testing.assert_close(t(z)[1][0], torch.linalg.slogdet(torch.eye(32, dtype=torch.float64) + jac)[1])
+
+
+@pytest.mark.parametrize("kernel_sizes, p", [("positive", 0.15), ((3,), 0.15), ((3, 1, 3), 0.5)])
+def test_conv_russian_roulette_is_unbiased(kernel_sizes, p):
+    options = dict(estimator="roulette", eval_estimator="roulette", stop_probability=p, terms_per_example=True)
+    t = (positive_conv_block(**options) if kernel_sizes == "positive"
+         else conv_block(kernel_sizes=kernel_sizes, **options)).eval()
+    z = torch.randn(1, *IMAGE, dtype=torch.float64)
+    exact = torch.linalg.slogdet(torch.eye(32, dtype=torch.float64) + conv_jacobian(t, z))[1]
+    with torch.no_grad():
+        mean, stderr = mean_and_stderr(t(image_copies(z))[1])
+    assert abs(mean - exact) < 4 * stderr, (float(mean), float(exact), float(stderr))
+
+
+def test_conv_series_is_unbiased_for_its_truncation_and_its_bias_shrinks_with_n():
+    t = positive_conv_block(eval_estimator="series").eval()
+    z = torch.randn(1, *IMAGE, dtype=torch.float64)
+    jac = conv_jacobian(t, z).detach()
+    exact = torch.linalg.slogdet(torch.eye(32, dtype=torch.float64) + jac)[1]
+    power, truncated = torch.eye(32, dtype=torch.float64), []
+    for k in range(1, 11):
+        power = power @ jac
+        truncated.append((truncated[-1] if truncated else 0) + (-1) ** (k + 1) * torch.trace(power) / k)
+    bias = [abs(float(s - exact)) for s in truncated]
+    assert bias[9] < bias[0] / 5 and bias[7] < bias[1]
+    for n in (1, 4, 10):
+        t.terms = n
+        with torch.no_grad():
+            mean, stderr = mean_and_stderr(t(image_copies(z))[1])
+        assert abs(mean - truncated[n - 1]) < 4 * stderr, (n, float(mean), float(truncated[n - 1]))
+
+
+def test_conv_neumann_gradient_matches_autograd_of_the_exact_log_det():
+    t = conv_block(estimator="roulette", stop_probability=0.3, terms_per_example=True).train()
+    z = torch.randn(1, *IMAGE, dtype=torch.float64)
+    params = [t.net.convs[0].bias, t.net.convs[2].weight]
+    t.estimator = "exact"
+    exact = torch.autograd.grad(t(z)[1].sum(), params)
+    t.estimator = "roulette"
+    groups = [torch.autograd.grad(t(image_copies(z, 50))[1].mean(), params) for _ in range(40)]
+    for i, reference in enumerate(exact):
+        mean, stderr = mean_and_stderr(torch.stack([g[i] for g in groups]))
+        assert (abs(mean - reference) < 4 * stderr + 1e-12).all(), (i, mean, reference, stderr)
+
+
+def conv_operator_norm(weight: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The operator norm of x -> circular_conv2d(x, weight) on (C_in, *size) images, by brute
+    force: the largest singular value of its dense matrix."""
+    c = weight.shape[1]
+    n = c * size[0] * size[1]
+    matrix = torch.autograd.functional.jacobian(
+        lambda x: circular_conv2d(x.reshape(c, *size), weight.detach()).reshape(-1),
+        torch.zeros(n, dtype=weight.dtype))
+    return torch.linalg.matrix_norm(matrix, 2)
+
+
+@pytest.mark.parametrize("kernel, size", [(3, (4, 4)), (3, (2, 2)), (3, (1, 3)), (1, (3, 3)), (5, (3, 4))])
+def test_spectral_conv_norm_is_the_operator_norm_and_the_bound_holds(kernel, size):
+    layer = SpectralConv2d(3, 5, kernel, size, 0.9).double()
+    with torch.no_grad():
+        layer.weight.mul_(10)
+    torch.testing.assert_close(layer.sigma(), conv_operator_norm(layer.weight, size), rtol=1e-12, atol=0)
+    assert conv_operator_norm(layer.weight, size) > 2  # the cap bites
+    assert conv_operator_norm(layer.effective_weight(), size) <= 0.9 * (1 + 1e-12)
+
+
+def test_spectral_conv_bound_holds_after_training_with_power_iteration_gradients():
+    torch.manual_seed(0)
+    layer = SpectralConv2d(2, 3, 3, (4, 4), 0.7, iterations=1).double().train()
+    optimizer = torch.optim.Adam(layer.parameters(), lr=3e-2)
+    x = torch.randn(64, 2, 4, 4, dtype=torch.float64)
+    for _ in range(30):  # a loss that rewards a large gain
+        optimizer.zero_grad()
+        (-layer(x).square().mean()).backward()
+        optimizer.step()
+    assert conv_operator_norm(layer.weight, (4, 4)) > 1.5 * 0.7
+    for mode in (True, False):
+        assert conv_operator_norm(layer.train(mode).effective_weight(), (4, 4)) <= 0.7 * (1 + 1e-12)
+
+
+def test_power_iteration_on_the_convolution_gives_the_exact_gradient_once_converged():
+    layer = SpectralConv2d(2, 3, 3, (4, 4), 0.5, iterations=1).double()
+    exact = torch.autograd.grad(layer.eval().sigma(), layer.weight)[0]
+    layer.train()
+    first = torch.autograd.grad(layer.sigma(), layer.weight)[0]
+    for _ in range(300):
+        estimate = layer.sigma()
+    torch.testing.assert_close(torch.autograd.grad(estimate, layer.weight)[0], exact)
+    assert not torch.allclose(first, exact, atol=1e-3)
 
 
 # --- arguments and the estimator rule ------------------------------------------------------
