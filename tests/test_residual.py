@@ -397,6 +397,20 @@ def test_which_estimator_each_mode_uses():
     assert log_det_estimators(pf.MAF(3)) == []
 
 
+def test_image_preset_is_exact_in_evaluation_up_to_128_elements():
+    digits = pf.ResidualFlowImage((1, 8, 8), levels=2, blocks=1, hidden_channels=4)
+    assert log_det_estimators(digits, training=True) == ["roulette"]
+    assert log_det_estimators(digits, training=False) == ["exact"]
+    colour = pf.ResidualFlowImage((3, 8, 8), levels=2, blocks=1, hidden_channels=4, estimator="series")
+    assert log_det_estimators(colour, training=False) == ["series"]
+    sizes = {m.size for m in digits.modules() if isinstance(m, SpectralConv2d)}
+    assert sizes == {(8, 8), (4, 4)}  # each scale's convolutions are bounded on its own image size
+    with pytest.raises(ValueError, match="unknown estimator 'brute'"):
+        pf.ResidualFlowImage((1, 8, 8), estimator="brute")
+    with pytest.raises(ValueError, match="coefficient must be a finite number > 0 and < 1"):
+        pf.ResidualFlowImage((1, 8, 8), coefficient=1.0)
+
+
 def test_presets_sample_and_score_their_samples():
     for flow in (pf.ResidualFlow(3, 2, transforms=2, hidden_features=(16,)),
                  pf.IResNet(3, 2, transforms=2, hidden_features=(16,))):

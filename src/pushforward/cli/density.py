@@ -91,8 +91,8 @@ def _data_space(samples: torch.Tensor, dataset) -> torch.Tensor:
 @click.option("--data-dir", type=click.Path(), help="Folder of a data set that is read from disk (mnist, power, ...).")
 @click.option("--test-file", type=click.Path(), help="A separate test file; --data is then split 90/10 into train/valid.")
 @click.option("--flow", "flow_name", type=click.Choice(sorted([*PRESETS, *IMAGE_PRESETS])), default="maf",
-              show_default=True, help="The flow preset; glow and realnvp-image model images (digits, mnist, "
-                                      "fashion-mnist or a folder of images) as images.")
+              show_default=True, help="The flow preset; glow, realnvp-image and residual-image model images "
+                                      "(digits, mnist, fashion-mnist or a folder of images) as images.")
 @click.option("--transforms", type=number("transforms"), default=None, help="Number of flow layers (default: the preset's).")
 @click.option("--hidden-features", type=SIZES, default=None,
               help="Hidden layer sizes of each conditioner, e.g. 512,512 (default: the preset's).")
@@ -106,7 +106,8 @@ def _data_space(samples: torch.Tensor, dataset) -> torch.Tensor:
 @click.option("--steps", type=number("steps"), default=None, help="glow: flow steps per level.")
 @click.option("--hidden-channels", type=number("hidden_channels"), default=None,
               help="Image flows: hidden channels of each convolutional conditioner.")
-@click.option("--blocks", type=number("blocks"), default=None, help="realnvp-image: residual blocks per conditioner.")
+@click.option("--blocks", type=number("blocks"), default=None,
+              help="realnvp-image: residual blocks per conditioner; residual-image: blocks per scale.")
 @click.option("--convolution", type=click.Choice(["lu", "1x1", "emerging", "periodic"]), default=None,
               help="glow: the invertible convolution that mixes the channels (default lu).")
 @click.option("--additive", is_flag=True, default=None, help="glow: additive instead of affine couplings.")
@@ -124,20 +125,21 @@ def _data_space(samples: torch.Tensor, dataset) -> torch.Tensor:
 @click.option("--evaluation-trace", type=click.Choice(["exact", "hutchinson"]), default=None,
               help="ffjord: the trace in evaluation, exact (default) or Hutchinson's estimate.")
 @click.option("--coefficient", type=number("coefficient"), default=None,
-              help="residual, iresnet: the Lipschitz bound c < 1 of each layer of g (default 0.97, iresnet 0.9).")
+              help="residual flows (residual, iresnet, residual-image): the Lipschitz bound c < 1 of each layer "
+                   "of g (default 0.97, iresnet 0.9).")
 @click.option("--estimator", type=click.Choice(ESTIMATORS), default=None,
-              help="residual, iresnet: the log-det estimator in training (default roulette, iresnet series).")
+              help="residual flows: the log-det estimator in training (default roulette, iresnet series).")
 @click.option("--eval-estimator", type=click.Choice(ESTIMATORS), default=None,
-              help="residual, iresnet: the log-det estimator in evaluation (default exact up to 128 features).")
+              help="residual flows: the log-det estimator in evaluation (default exact up to 128 features).")
 @click.option("--iterations", type=number("iterations"), default=None,
-              help="residual, iresnet: power-iteration steps per training step for the gradient of each spectral "
+              help="residual flows: power-iteration steps per training step for the gradient of each spectral "
                    "norm (default 1; the norm itself is exact).")
 @click.option("--terms", type=number("terms"), default=None,
-              help="residual, iresnet: terms n of the truncated series estimator (default 5).")
+              help="residual flows: terms n of the truncated series estimator (default 5).")
 @click.option("--exact-terms", type=number("exact_terms"), default=None,
-              help="residual, iresnet: terms that every Russian-roulette estimate computes (default 2).")
+              help="residual flows: terms that every Russian-roulette estimate computes (default 2).")
 @click.option("--stop-probability", type=number("stop_probability"), default=None,
-              help="residual, iresnet: p of the Russian roulette's geometric number of further terms (default 0.5).")
+              help="residual flows: p of the Russian roulette's geometric number of further terms (default 0.5).")
 @click.option("--image-size", type=IMAGE_SIZE, default=None,
               help="A folder of images: resize every image to this size, e.g. 32 or 28,28 (H,W).")
 @click.option("--dequantization", type=click.Choice(["uniform", "variational"]), default="uniform", show_default=True,

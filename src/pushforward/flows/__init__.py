@@ -17,11 +17,12 @@ from .neural import BNAF, NAF, NICE, UMNN
 from .linear import HouseholderFlow, LUFlow
 from .planar import PlanarFlow, RadialFlow, SylvesterFlow
 from .polynomial import BernsteinFlow, SOSFlow
-from .residual import IResNet, ResidualFlow
+from .residual import IResNet, ResidualFlow, ResidualFlowImage
 
 __all__ = ["MAF", "IAF", "RealNVP", "NSF", "NICE", "NAF", "BNAF", "UMNN",
            "PlanarFlow", "RadialFlow", "SylvesterFlow", "HouseholderFlow", "LUFlow", "PRESETS", "preset_options", "stack",
-           "SOSFlow", "BernsteinFlow", "FFJORD", "Glow", "RealNVPImage", "IMAGE_PRESETS", "ResidualFlow", "IResNet"]
+           "SOSFlow", "BernsteinFlow", "FFJORD", "Glow", "RealNVPImage", "IMAGE_PRESETS", "ResidualFlow", "IResNet",
+           "ResidualFlowImage"]
 
 PRESETS: dict[str, type[Flow]] = {
     "maf": MAF, "iaf": IAF, "realnvp": RealNVP, "nsf": NSF,
@@ -31,7 +32,8 @@ PRESETS: dict[str, type[Flow]] = {
     "sos": SOSFlow, "bernstein": BernsteinFlow, "ffjord": FFJORD,
     "residual": ResidualFlow, "iresnet": IResNet,
 }
-IMAGE_PRESETS: dict[str, type[Flow]] = {"glow": Glow, "realnvp-image": RealNVPImage}
+IMAGE_PRESETS: dict[str, type[Flow]] = {"glow": Glow, "realnvp-image": RealNVPImage,
+                                         "residual-image": ResidualFlowImage}
 
 
 def preset_options(name: str) -> set[str]:

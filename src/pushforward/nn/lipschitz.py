@@ -502,5 +502,10 @@ class LipschitzCNN(_LipschitzNet):
         event = y.shape[-3:]
         n = event.numel()
         basis = torch.eye(n, dtype=y.dtype, device=y.device).reshape(n, *[1] * (y.dim() - 3), *event)
-        rows = self.vjp(weights, [s.unsqueeze(0) for s in slopes], basis.expand(n, *y.shape), columns)
-        return y, rows.flatten(-3).movedim(0, -2)
+        slopes = [s.unsqueeze(0) for s in slopes]
+        # rows in chunks whose widest intermediate holds at most 2^24 numbers (64 MB in float32)
+        widest = max(layer.weight.shape[0] for layer in self.convs) * y.numel() // event[0]
+        chunk = max(1, 2**24 // max(1, widest))
+        rows = [self.vjp(weights, slopes, basis[i : i + chunk].expand(-1, *y.shape), columns)
+                for i in range(0, n, chunk)]
+        return y, torch.cat(rows).flatten(-3).movedim(0, -2)
