@@ -212,6 +212,7 @@ def test_ffjord_evaluation_trace_from_the_command_line(tmp_path):
            "hutchinson", "--rtol", "1e-3", "--atol", "1e-3", "--epochs", "1", "--max-minutes", "0.02", "--quiet",
            "--out", out)
     assert json.loads((out / "config.json").read_text())["flow_kwargs"]["evaluation_trace"] == "hutchinson"
+    assert json.loads((out / "metrics.json").read_text())["log_det"] == "hutchinson"  # the figure is an estimate
     flow = load_run(out)[0].double()
     x = torch.randn(5, 2, dtype=torch.float64)
     assert not torch.allclose(flow.log_prob(x), flow.log_prob(x))  # Hutchinson's estimate in evaluation mode
