@@ -1,4 +1,5 @@
-r"""Lipschitz-constrained networks: spectrally normalised linear layers and 1-Lipschitz activations.
+r"""Lipschitz-constrained networks: spectrally normalised linear and convolutional layers and
+1-Lipschitz activations.
 
 The residual map g of a residual flow must be a contraction, Lip(g) < 1. An MLP whose linear
 layers have spectral norm at most c and whose activations are 1-Lipschitz has Lip(g) <= c^L for L
@@ -309,6 +310,8 @@ class SpectralConv2d(_SpectralNorm):
         """The operator norm of the periodic convolution by ``w`` on images of ``size``: the
         largest singular value of the Fourier matrices K(u, v)."""
         k = w.shape[-1]
+        if k == 1:  # every K(u, v) is the channel matrix itself
+            return SpectralLinear.exact_sigma(w[:, :, 0, 0])
         h, wd = self.size
         taps = torch.arange(k, dtype=w.dtype, device=w.device)
         rows = torch.polar(torch.ones(h, k, dtype=w.dtype, device=w.device),

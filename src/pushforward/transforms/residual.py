@@ -1,4 +1,5 @@
-r"""Residual flows: x = z + g(z) with Lip(g) < 1, a free-form Jacobian and an iterative inverse.
+r"""Residual flows: x = z + g(z) with Lip(g) < 1, a free-form Jacobian and an iterative inverse,
+for vectors (:class:`ResidualBlock`, g an MLP) and images (:class:`ConvResidualBlock`, g a CNN).
 
 The map is a bijection because g is a contraction (Behrmann et al. 2019, theorem 1): the
 inverse is the fixed point of z <- x - g(z) (Banach). Its log-abs-det-Jacobian
