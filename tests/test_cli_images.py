@@ -31,7 +31,8 @@ def write_images(folder, n=12, size=(4, 4), mode="RGB"):
 
 
 @pytest.mark.parametrize("flow,options", [("glow", ["--steps", "1", "--convolution", "1x1"]),
-                                          ("realnvp-image", ["--blocks", "1"])])
+                                          ("realnvp-image", ["--blocks", "1"]),
+                                          ("residual-image", ["--blocks", "1"])])
 def test_image_flows_fit_evaluate_and_sample_digits_as_images(flow, options, tmp_path):
     out = tmp_path / flow
     metrics = last_json(run("fit", "--data", "digits", "--flow", flow, *TINY, *options, "--out", out, "--json"))

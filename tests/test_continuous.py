@@ -13,6 +13,7 @@ import pushforward as pf
 from cli_helpers import invoke
 from pushforward import testing
 from pushforward.cli import main
+from pushforward.experiment import load_run
 from pushforward.transforms import ConvergenceError
 from pushforward.transforms.continuous import ContinuousFlow, recording
 
@@ -203,6 +204,21 @@ def test_ffjord_preset_estimates_in_training_and_is_exact_in_evaluation():
     torch.testing.assert_close(flow.log_prob(x), flow.log_prob(x))
     flow.train()
     assert not torch.allclose(flow.log_prob(x), flow.log_prob(x))
+
+
+def test_ffjord_evaluation_trace_from_the_command_line(tmp_path):
+    out = tmp_path / "ffjord"
+    invoke(main, "fit", "--data", "moons", "--flow", "ffjord", "--hidden-features", "8", "--evaluation-trace",
+           "hutchinson", "--rtol", "1e-3", "--atol", "1e-3", "--epochs", "1", "--max-minutes", "0.02", "--quiet",
+           "--out", out)
+    assert json.loads((out / "config.json").read_text())["flow_kwargs"]["evaluation_trace"] == "hutchinson"
+    assert json.loads((out / "metrics.json").read_text())["log_det"] == "hutchinson"  # the figure is an estimate
+    flow = load_run(out)[0].double()
+    x = torch.randn(5, 2, dtype=torch.float64)
+    assert not torch.allclose(flow.log_prob(x), flow.log_prob(x))  # Hutchinson's estimate in evaluation mode
+    result = invoke(main, "fit", "--data", "moons", "--flow", "ffjord", "--evaluation-trace", "brute", "--out",
+                    tmp_path / "x", ok=False)
+    assert "'--evaluation-trace': 'brute' is not one of 'exact', 'hutchinson'" in result.output
 
 
 def test_fit_reports_nfe_and_the_penalty():

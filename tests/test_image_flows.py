@@ -1,4 +1,4 @@
-"""The image presets Glow and Real NVP (multi-scale) as flows: exact round trips and ladj of the
+"""The image presets Glow, Real NVP (multi-scale) and Residual Flow as flows: exact round trips and ladj of the
 whole preset, the pixel-space accounting (bits/dim), sampling, context, errors."""
 
 import math
@@ -12,6 +12,8 @@ from pushforward import testing
 SMALL = {
     "glow": lambda shape, c=0, **kw: pf.Glow(shape, c, levels=2, steps=2, hidden_channels=8, **kw),
     "realnvp-image": lambda shape, c=0, **kw: pf.RealNVPImage(shape, c, levels=2, hidden_channels=8, blocks=1, **kw),
+    "residual-image": lambda shape, c=0, **kw: pf.ResidualFlowImage(shape, c, levels=2, blocks=1, hidden_channels=8,
+                                                                     **kw),
 }
 
 
@@ -78,6 +80,8 @@ def test_image_presets_refuse_shapes_they_cannot_halve():
         pf.Glow((1, 4, 4), levels=1, convolution="fancy")
     with pytest.raises(ValueError, match="divisible by 4"):
         pf.RealNVPImage((1, 6, 6), levels=3)
+    with pytest.raises(ValueError, match="divisible by 2"):
+        pf.ResidualFlowImage((1, 5, 6), levels=2)
 
 
 def test_image_flows_train_downhill():

@@ -6,14 +6,18 @@ Each stochastic check averages many independent draws, vectorised over a batch o
 one input, and allows 4 standard errors of the mean.
 """
 
+import json
 import math
 
 import pytest
 import torch
 
 import pushforward as pf
-from pushforward.nn.lipschitz import ELU, SpectralLinear
-from pushforward.transforms import ConvergenceError, ResidualBlock, log_det_estimators
+from cli_helpers import invoke
+from pushforward.cli import main
+from pushforward.experiment import load_run
+from pushforward.nn.lipschitz import ELU, SpectralConv2d, SpectralLinear, circular_conv2d
+from pushforward.transforms import ConvergenceError, ConvResidualBlock, ResidualBlock, log_det_estimators
 
 DRAWS = 2000
 
@@ -223,6 +227,145 @@ def test_residual_map_is_a_contraction():
     assert float(ratio.detach().max()) <= 0.9 + 1e-12
 
 
+# --- the convolutional block ---------------------------------------------------------------
+
+IMAGE = (2, 4, 4)
+
+
+def conv_block(bound=0.9, kernel_sizes=(3, 1, 3), **kwargs) -> ConvResidualBlock:
+    """A block of (2, 4, 4) images in float64 whose convolutions all sit at the bound, so
+    Lip(g) <= ``bound`` = c^L; with one convolution (``kernel_sizes`` (3,)), g is linear and its
+    Jacobian's norm is ``bound`` exactly, the slowest series."""
+    layers = len(kernel_sizes)
+    t = ConvResidualBlock(IMAGE, hidden_channels=4, kernel_sizes=kernel_sizes, coefficient=bound ** (1 / layers),
+                          activation=ELU, iterations=None, **kwargs).double()
+    with torch.no_grad():
+        for layer in t.net.convs:
+            layer.weight.mul_(10)
+    return t
+
+
+def positive_conv_block(**kwargs) -> ConvResidualBlock:
+    """A linear g(z) = K z + b, K a convolution with a symmetric kernel whose operator is symmetric
+    positive definite with norm 0.9: every term of the series adds up, log det(I + K) is large
+    (about 12 nats) and a truncation or a biased roulette shows."""
+    t = conv_block(kernel_sizes=(3,), **kwargs)
+    kernel = torch.zeros(2, 2, 3, 3, dtype=torch.float64)
+    kernel[:, :, 1, 1] = torch.tensor([[1.0, 0.3], [0.3, 1.0]])
+    kernel[:, :, 0, 1] = kernel[:, :, 2, 1] = 0.2 * torch.eye(2)
+    with torch.no_grad():
+        t.net.convs[0].weight.copy_(10 * kernel)
+    return t
+
+
+def conv_jacobian(t: ConvResidualBlock, z: torch.Tensor) -> torch.Tensor:
+    """J_g at one image z (1, C, H, W), flattened to (D, D), by autograd."""
+    return torch.autograd.functional.jacobian(lambda u: t.net(u.reshape(1, *IMAGE)).reshape(-1), z.reshape(-1))
+
+
+def image_copies(z: torch.Tensor, n: int = DRAWS) -> torch.Tensor:
+    return z.expand(n, *IMAGE).clone()
+
+
+@pytest.mark.parametrize("kernel_sizes", ["positive", (3,), (3, 1, 3)])
+def test_conv_block_is_a_contraction_and_its_exact_ladj_is_slogdet(kernel_sizes):
+    t = (positive_conv_block() if kernel_sizes == "positive" else conv_block(kernel_sizes=kernel_sizes)).eval()
+    z = torch.randn(1, *IMAGE, dtype=torch.float64)
+    jac = conv_jacobian(t, z)
+    norm = float(torch.linalg.matrix_norm(jac, 2))
+    assert norm <= 0.9 + 1e-12 and (len(kernel_sizes) > 1 or norm > 0.9 - 1e-12)
+    torch.testing.assert_close(t(z)[1][0], torch.linalg.slogdet(torch.eye(32, dtype=torch.float64) + jac)[1])
+
+
+@pytest.mark.parametrize("kernel_sizes, p", [("positive", 0.15), ((3,), 0.15), ((3, 1, 3), 0.5)])
+def test_conv_russian_roulette_is_unbiased(kernel_sizes, p):
+    options = dict(estimator="roulette", eval_estimator="roulette", stop_probability=p, terms_per_example=True)
+    t = (positive_conv_block(**options) if kernel_sizes == "positive"
+         else conv_block(kernel_sizes=kernel_sizes, **options)).eval()
+    z = torch.randn(1, *IMAGE, dtype=torch.float64)
+    exact = torch.linalg.slogdet(torch.eye(32, dtype=torch.float64) + conv_jacobian(t, z))[1]
+    with torch.no_grad():
+        mean, stderr = mean_and_stderr(t(image_copies(z))[1])
+    assert abs(mean - exact) < 4 * stderr, (float(mean), float(exact), float(stderr))
+
+
+def test_conv_series_is_unbiased_for_its_truncation_and_its_bias_shrinks_with_n():
+    t = positive_conv_block(eval_estimator="series").eval()
+    z = torch.randn(1, *IMAGE, dtype=torch.float64)
+    jac = conv_jacobian(t, z).detach()
+    exact = torch.linalg.slogdet(torch.eye(32, dtype=torch.float64) + jac)[1]
+    power, truncated = torch.eye(32, dtype=torch.float64), []
+    for k in range(1, 11):
+        power = power @ jac
+        truncated.append((truncated[-1] if truncated else 0) + (-1) ** (k + 1) * torch.trace(power) / k)
+    bias = [abs(float(s - exact)) for s in truncated]
+    assert bias[9] < bias[0] / 5 and bias[7] < bias[1]
+    for n in (1, 4, 10):
+        t.terms = n
+        with torch.no_grad():
+            mean, stderr = mean_and_stderr(t(image_copies(z))[1])
+        assert abs(mean - truncated[n - 1]) < 4 * stderr, (n, float(mean), float(truncated[n - 1]))
+
+
+def test_conv_neumann_gradient_matches_autograd_of_the_exact_log_det():
+    t = conv_block(estimator="roulette", stop_probability=0.3, terms_per_example=True).train()
+    z = torch.randn(1, *IMAGE, dtype=torch.float64)
+    params = [t.net.convs[0].bias, t.net.convs[2].weight]
+    t.estimator = "exact"
+    exact = torch.autograd.grad(t(z)[1].sum(), params)
+    t.estimator = "roulette"
+    groups = [torch.autograd.grad(t(image_copies(z, 50))[1].mean(), params) for _ in range(40)]
+    for i, reference in enumerate(exact):
+        mean, stderr = mean_and_stderr(torch.stack([g[i] for g in groups]))
+        assert (abs(mean - reference) < 4 * stderr + 1e-12).all(), (i, mean, reference, stderr)
+
+
+def conv_operator_norm(weight: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The operator norm of x -> circular_conv2d(x, weight) on (C_in, *size) images, by brute
+    force: the largest singular value of its dense matrix."""
+    c = weight.shape[1]
+    n = c * size[0] * size[1]
+    matrix = torch.autograd.functional.jacobian(
+        lambda x: circular_conv2d(x.reshape(c, *size), weight.detach()).reshape(-1),
+        torch.zeros(n, dtype=weight.dtype))
+    return torch.linalg.matrix_norm(matrix, 2)
+
+
+@pytest.mark.parametrize("kernel, size", [(3, (4, 4)), (3, (2, 2)), (3, (1, 3)), (1, (3, 3)), (5, (3, 4))])
+def test_spectral_conv_norm_is_the_operator_norm_and_the_bound_holds(kernel, size):
+    layer = SpectralConv2d(3, 5, kernel, size, 0.9).double()
+    with torch.no_grad():
+        layer.weight.mul_(10)
+    torch.testing.assert_close(layer.sigma(), conv_operator_norm(layer.weight, size), rtol=1e-12, atol=0)
+    assert conv_operator_norm(layer.weight, size) > 2  # the cap bites
+    assert conv_operator_norm(layer.effective_weight(), size) <= 0.9 * (1 + 1e-12)
+
+
+def test_spectral_conv_bound_holds_after_training_with_power_iteration_gradients():
+    torch.manual_seed(0)
+    layer = SpectralConv2d(2, 3, 3, (4, 4), 0.7, iterations=1).double().train()
+    optimizer = torch.optim.Adam(layer.parameters(), lr=3e-2)
+    x = torch.randn(64, 2, 4, 4, dtype=torch.float64)
+    for _ in range(30):  # a loss that rewards a large gain
+        optimizer.zero_grad()
+        (-layer(x).square().mean()).backward()
+        optimizer.step()
+    assert conv_operator_norm(layer.weight, (4, 4)) > 1.5 * 0.7
+    for mode in (True, False):
+        assert conv_operator_norm(layer.train(mode).effective_weight(), (4, 4)) <= 0.7 * (1 + 1e-12)
+
+
+def test_power_iteration_on_the_convolution_gives_the_exact_gradient_once_converged():
+    layer = SpectralConv2d(2, 3, 3, (4, 4), 0.5, iterations=1).double()
+    exact = torch.autograd.grad(layer.eval().sigma(), layer.weight)[0]
+    layer.train()
+    first = torch.autograd.grad(layer.sigma(), layer.weight)[0]
+    for _ in range(300):
+        estimate = layer.sigma()
+    torch.testing.assert_close(torch.autograd.grad(estimate, layer.weight)[0], exact)
+    assert not torch.allclose(first, exact, atol=1e-3)
+
+
 # --- arguments and the estimator rule ------------------------------------------------------
 
 @pytest.mark.parametrize("c", [1.0, 1.5, 0.0, -0.5, math.nan])
@@ -254,6 +397,20 @@ def test_which_estimator_each_mode_uses():
     assert log_det_estimators(pf.MAF(3)) == []
 
 
+def test_image_preset_is_exact_in_evaluation_up_to_128_elements():
+    digits = pf.ResidualFlowImage((1, 8, 8), levels=2, blocks=1, hidden_channels=4)
+    assert log_det_estimators(digits, training=True) == ["roulette"]
+    assert log_det_estimators(digits, training=False) == ["exact"]
+    colour = pf.ResidualFlowImage((3, 8, 8), levels=2, blocks=1, hidden_channels=4, estimator="series")
+    assert log_det_estimators(colour, training=False) == ["series"]
+    sizes = {m.size for m in digits.modules() if isinstance(m, SpectralConv2d)}
+    assert sizes == {(8, 8), (4, 4)}  # each scale's convolutions are bounded on its own image size
+    with pytest.raises(ValueError, match="unknown estimator 'brute'"):
+        pf.ResidualFlowImage((1, 8, 8), estimator="brute")
+    with pytest.raises(ValueError, match="coefficient must be a finite number > 0 and < 1"):
+        pf.ResidualFlowImage((1, 8, 8), coefficient=1.0)
+
+
 def test_presets_sample_and_score_their_samples():
     for flow in (pf.ResidualFlow(3, 2, transforms=2, hidden_features=(16,)),
                  pf.IResNet(3, 2, transforms=2, hidden_features=(16,))):
@@ -270,3 +427,54 @@ def test_reported_metrics_name_the_log_det_estimator():
     assert measure_rows(pf.ResidualFlow(3, transforms=2, hidden_features=(8,)), rows).log_det == "exact"
     assert measure_rows(pf.IResNet(200, transforms=1, hidden_features=(8,)), torch.randn(20, 200)).log_det == "series"
     assert measure_rows(pf.MAF(3, transforms=1, hidden_features=(8,)), rows).log_det is None
+
+
+# --- the command line ----------------------------------------------------------------------
+
+def test_command_line_sets_what_the_papers_vary(tmp_path):
+    out = tmp_path / "run"
+    invoke(main, "fit", "--data", "moons", "--flow", "iresnet", "--transforms", 2, "--hidden-features", 8,
+           "--coefficient", 0.8, "--estimator", "roulette", "--eval-estimator", "series", "--terms", 3,
+           "--exact-terms", 1, "--stop-probability", 0.3, "--iterations", 4, "--epochs", 1, "--max-minutes", 0.05,
+           "--quiet", "--out", out)
+    kwargs = json.loads((out / "config.json").read_text())["flow_kwargs"]
+    assert kwargs == {"transforms": 2, "hidden_features": [8], "coefficient": 0.8, "estimator": "roulette",
+                      "eval_estimator": "series", "terms": 3, "exact_terms": 1, "stop_probability": 0.3,
+                      "iterations": 4}
+    assert json.loads((out / "metrics.json").read_text())["log_det"] == "series"
+    flow, _ = load_run(out)
+    blocks = [m for m in flow.modules() if isinstance(m, ResidualBlock)]
+    assert [(b.estimator, b.eval_estimator, b.terms, b.exact_terms, b.stop_probability) for b in blocks] == \
+        [("roulette", "series", 3, 1, 0.3)] * 2
+    assert {(layer.coefficient, layer.iterations) for b in blocks for layer in b.net.linears} == {(0.8, 4)}
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--coefficient", 1, "'--coefficient': '1' is not a finite number > 0 and < 1"),
+    ("--coefficient", 0, "'--coefficient': '0' is not a finite number > 0 and < 1"),
+    ("--estimator", "hutchinson", "'--estimator': 'hutchinson' is not one of 'exact', 'series', 'roulette'"),
+    ("--eval-estimator", "brute", "'--eval-estimator': 'brute' is not one of"),
+    ("--stop-probability", 1, "'--stop-probability': '1' is not a finite number > 0 and < 1"),
+    ("--terms", 0, "'--terms': '0' is not an integer >= 1"),
+])
+def test_bad_residual_options_are_one_line_errors(tmp_path, option, value, message):
+    result = invoke(main, "fit", "--data", "moons", "--flow", "residual", option, value, "--out", tmp_path / "x",
+                    ok=False)
+    assert result.exit_code == 2 and message in result.output
+    assert [line for line in result.output.splitlines() if line.startswith("Error")] == \
+        [line for line in result.output.splitlines() if message in line]
+    result = invoke(main, "fit", "--data", "moons", "--flow", "maf", "--coefficient", 0.5, "--out", tmp_path / "y",
+                    ok=False)
+    assert "--coefficient does not apply to --flow maf" in result.output
+
+
+def test_config_with_a_coefficient_out_of_range_is_refused(tmp_path):
+    out = tmp_path / "run"
+    invoke(main, "fit", "--data", "moons", "--flow", "residual", "--transforms", 1, "--hidden-features", 8,
+           "--epochs", 1, "--max-minutes", 0.02, "--quiet", "--out", out)
+    config = json.loads((out / "config.json").read_text())
+    config["flow_kwargs"]["coefficient"] = 1.5
+    (out / "config.json").write_text(json.dumps(config))
+    result = invoke(main, "evaluate", out, ok=False)
+    assert "config.json is corrupted: flow_kwargs: coefficient must be a finite number > 0 and < 1, got 1.5" \
+        in result.output

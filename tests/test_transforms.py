@@ -142,7 +142,7 @@ def test_a_flow_knows_whether_it_takes_a_context(example, device):
 # Second derivatives are unavailable through these directions: backward with create_graph=True
 # raises a clear error there instead of returning zeros (the fixed-point inverse of a residual
 # block, the adjoint method).
-FIRST_ORDER_ONLY = {("residual-lipswish", "inverse"), ("residual-elu", "inverse"),
+FIRST_ORDER_ONLY = {("residual-lipswish", "inverse"), ("residual-elu", "inverse"), ("residual-conv", "inverse"),
                     ("residual-tanh-data-to-base", "forward"), ("continuous-adjoint-softplus", "inverse"),
                     ("continuous-adjoint-softplus", "forward")}
 

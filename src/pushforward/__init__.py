@@ -14,7 +14,7 @@ from .flows import HouseholderFlow, LUFlow, PlanarFlow, RadialFlow, SylvesterFlo
 from .flows import BernsteinFlow, SOSFlow
 from .flows import FFJORD
 from .flows import Glow, RealNVPImage
-from .flows import IResNet, ResidualFlow
+from .flows import IResNet, ResidualFlow, ResidualFlowImage
 from .train import Evaluation, FitResult, evaluate, fit, log_likelihoods
 from . import targets, vae, vi
 
@@ -22,7 +22,7 @@ __all__ = [
     "Transform", "Chain", "Inverse", "Flow", "StandardNormal", "DiagNormal", "GaussianMixture",
     "MAF", "IAF", "RealNVP", "NSF", "NICE", "NAF", "BNAF", "UMNN",
     "PlanarFlow", "RadialFlow", "SylvesterFlow", "HouseholderFlow", "LUFlow",
-    "SOSFlow", "BernsteinFlow", "FFJORD", "Glow", "RealNVPImage", "ResidualFlow", "IResNet",
+    "SOSFlow", "BernsteinFlow", "FFJORD", "Glow", "RealNVPImage", "ResidualFlow", "IResNet", "ResidualFlowImage",
     "fit", "evaluate", "log_likelihoods", "FitResult", "Evaluation",
     "flows", "distributions", "transforms", "nn", "testing", "data", "latent", "dequantization", "integrations",
     "targets", "vi", "vae",

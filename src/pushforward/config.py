@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, field_validator
 
-from .checks import RANGES
+from .checks import RANGES, check_arguments
 from .distributions import BASES
 
 __all__ = ["DataConfig", "TrainConfig", "Settings", "FitConfig", "ViConfig", "VaeConfig", "read_config", "validate_config"]
@@ -28,6 +28,16 @@ def _ranged(name: str, kind: type) -> Any:
         return value
 
     return Annotated[kind, AfterValidator(check)]
+
+
+def _check_flow_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The numeric arguments of a preset (those named in ``RANGES``: coefficient, terms, rtol, ...)
+    checked against their ranges; the preset checks the others when it is built."""
+    check_arguments(**{k: v for k, v in kwargs.items() if k in RANGES})
+    return kwargs
+
+
+_FlowKwargs = Annotated[dict[str, Any], AfterValidator(_check_flow_kwargs)]
 
 
 class _Schema(BaseModel):
@@ -80,7 +90,7 @@ class FitConfig(_Schema):
     """config.json of ``pushforward fit``: the preset, its arguments, the data and the training."""
 
     flow: str
-    flow_kwargs: dict[str, Any]
+    flow_kwargs: _FlowKwargs
     features: _ranged("features", int) | None = None  # known once the data are loaded
     event_shape: list[_ranged("features", int)] | None = None  # (C, H, W) of an image flow's data
     dequantization: Literal["uniform", "variational"] = "uniform"  # of image data (pushforward.dequantization)
@@ -101,7 +111,7 @@ class ViConfig(_Schema):
     target: str
     dim: _ranged("dim", int)
     flow: str
-    flow_kwargs: dict[str, Any]
+    flow_kwargs: _FlowKwargs
     features: _ranged("features", int)
     vi: Settings
 

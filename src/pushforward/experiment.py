@@ -30,6 +30,7 @@ from .atomic import atomic_write, save_atomic
 from .train import Evaluation, log_likelihoods
 from .transforms.elementwise import Affine
 from .transforms.linear import LowerTriangular
+from .transforms.continuous import ContinuousFlow
 from .transforms.residual import log_det_estimators
 
 __all__ = ["build_flow", "gaussian_baseline", "standardisation", "Metrics", "measure", "measure_rows", "save_run", "load_run", "write_json"]
@@ -110,8 +111,9 @@ class Metrics:
     (``space``: logit space for MNIST as MAF reports, the normalised space for the MAF tabular
     sets); ``data_log_likelihood_nats`` in the original data space and ``bits_per_dim`` of
     the [0, levels)^D space of dequantised data, where they apply. ``log_det`` names the
-    log-det estimators of the flow's residual blocks in evaluation mode ("exact", or a
-    stochastic one for large D), None for flows whose ladj is in closed form. ``iw_*`` give the
+    log-det estimators in evaluation mode of the flow's residual blocks ("exact", or a
+    stochastic one for large D) and continuous blocks (their trace, "exact" or "hutchinson"),
+    None for flows whose ladj is in closed form. ``iw_*`` give the
     importance-weighted estimate of log P(pixels) with ``iw_samples`` samples (data space, nats
     and bits/dim). ``dequantization`` says how data of ``levels`` levels in the data space were
     dequantized: "variational" for a flow under variational dequantization, whose log-likelihoods
@@ -172,7 +174,9 @@ def measure_rows(flow: Flow, rows: Tensor, space: str = "data", to_data=None, le
     """
     ll = log_likelihoods(flow, rows, batch_size)
     ref = Evaluation.of(ll)
-    m = Metrics(ref.mean, ref.stderr, ref.n, space, log_det=", ".join(log_det_estimators(flow, training=False)) or None)
+    traces = {m.evaluation_trace for m in flow.modules() if isinstance(m, ContinuousFlow)}
+    estimators = sorted({*log_det_estimators(flow, training=False), *traces})
+    m = Metrics(ref.mean, ref.stderr, ref.n, space, log_det=", ".join(estimators) or None)
     if to_data is not None or levels:
         if to_data is not None:
             with torch.no_grad():

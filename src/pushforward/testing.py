@@ -45,7 +45,7 @@ from .transforms.elementwise import AdditiveMap, Affine, AffineMap, Elementwise,
 from .transforms.linear import LowerTriangular, Permutation
 from .transforms.linear import ConvexCombinationTriangular, Dense, Householder, LU, QR, UpperTriangular
 from .transforms.planar_radial import Planar, Radial
-from .transforms.residual import ResidualBlock
+from .transforms.residual import ConvResidualBlock, ResidualBlock
 from .nn.lipschitz import ELU as LipschitzELU, Tanh as LipschitzTanh
 from .transforms.sylvester import HouseholderBasis, OrthogonalBasis, PermutationBasis, Sylvester
 from .transforms.neural import BlockNeuralAutoregressive, DeepSigmoidMap, UMNNMap
@@ -178,6 +178,7 @@ def _image_examples() -> Iterator[tuple[str, Callable[[int], Transform], bool]]:
     yield "convolution-1x1-lu", lambda c: Conv1x1LU(IMAGE[0]), False
     yield "convolution-emerging", lambda c: EmergingConv(IMAGE[0]), False
     yield "convolution-periodic", lambda c: PeriodicConv(IMAGE[0]), False
+    yield "residual-conv", lambda c: ConvResidualBlock(IMAGE, c, 4, coefficient=0.9), True
 
 
 def transform_examples(seed: int = 0) -> Iterator[tuple[str, Transform, tuple[int, ...], int]]:

@@ -35,6 +35,7 @@ from .common import (load_data, IMAGE_SIZE, SIZES, absolute, check_output_file, 
                          run_options, tensorboard_option, torch_device)
 from ..runs import RunFolder
 from ..flows import IMAGE_PRESETS, PRESETS
+from ..transforms.residual import ESTIMATORS
 from ..train import atomic_write, fit as fit_flow
 
 __all__ = ["fit", "evaluate", "sample"]
@@ -91,8 +92,8 @@ def _data_space(samples: torch.Tensor, dataset) -> torch.Tensor:
 @click.option("--data-dir", type=click.Path(), help="Folder of a data set that is read from disk (mnist, power, ...).")
 @click.option("--test-file", type=click.Path(), help="A separate test file; --data is then split 90/10 into train/valid.")
 @click.option("--flow", "flow_name", type=click.Choice(sorted([*PRESETS, *IMAGE_PRESETS])), default="maf",
-              show_default=True, help="The flow preset; glow and realnvp-image model images (digits, mnist, "
-                                      "fashion-mnist or a folder of images) as images.")
+              show_default=True, help="The flow preset; glow, realnvp-image and residual-image model images "
+                                      "(digits, mnist, fashion-mnist or a folder of images) as images.")
 @click.option("--transforms", type=number("transforms"), default=None, help="Number of flow layers (default: the preset's).")
 @click.option("--hidden-features", type=SIZES, default=None,
               help="Hidden layer sizes of each conditioner, e.g. 512,512 (default: the preset's).")
@@ -109,7 +110,8 @@ def _data_space(samples: torch.Tensor, dataset) -> torch.Tensor:
 @click.option("--steps", type=number("steps"), default=None, help="glow: flow steps per level.")
 @click.option("--hidden-channels", type=number("hidden_channels"), default=None,
               help="Image flows: hidden channels of each convolutional conditioner.")
-@click.option("--blocks", type=number("blocks"), default=None, help="realnvp-image: residual blocks per conditioner.")
+@click.option("--blocks", type=number("blocks"), default=None,
+              help="realnvp-image: residual blocks per conditioner; residual-image: blocks per scale.")
 @click.option("--convolution", type=click.Choice(["lu", "1x1", "emerging", "periodic"]), default=None,
               help="glow: the invertible convolution that mixes the channels (default lu).")
 @click.option("--additive", is_flag=True, default=None, help="glow: additive instead of affine couplings.")
@@ -124,6 +126,24 @@ def _data_space(samples: torch.Tensor, dataset) -> torch.Tensor:
               help="ffjord: weight of the Jacobian-norm regulariser int ||df/dz||_F^2 dt (default 0).")
 @click.option("--adjoint", is_flag=True, default=None,
               help="ffjord: back-propagate by the adjoint method (memory constant in the number of steps).")
+@click.option("--evaluation-trace", type=click.Choice(["exact", "hutchinson"]), default=None,
+              help="ffjord: the trace in evaluation, exact (default) or Hutchinson's estimate.")
+@click.option("--coefficient", type=number("coefficient"), default=None,
+              help="residual flows (residual, iresnet, residual-image): the Lipschitz bound c < 1 of each layer "
+                   "of g (default 0.97, iresnet 0.9).")
+@click.option("--estimator", type=click.Choice(ESTIMATORS), default=None,
+              help="residual flows: the log-det estimator in training (default roulette, iresnet series).")
+@click.option("--eval-estimator", type=click.Choice(ESTIMATORS), default=None,
+              help="residual flows: the log-det estimator in evaluation (default exact up to 128 features).")
+@click.option("--iterations", type=number("iterations"), default=None,
+              help="residual flows: power-iteration steps per training step for the gradient of each spectral "
+                   "norm (default 1; the norm itself is exact).")
+@click.option("--terms", type=number("terms"), default=None,
+              help="residual flows: terms n of the truncated series estimator (default 5).")
+@click.option("--exact-terms", type=number("exact_terms"), default=None,
+              help="residual flows: terms that every Russian-roulette estimate computes (default 2).")
+@click.option("--stop-probability", type=number("stop_probability"), default=None,
+              help="residual flows: p of the Russian roulette's geometric number of further terms (default 0.5).")
 @click.option("--image-size", type=IMAGE_SIZE, default=None,
               help="A folder of images: resize every image to this size, e.g. 32 or 28,28 (H,W).")
 @click.option("--dequantization", type=click.Choice(["uniform", "variational"]), default="uniform", show_default=True,
@@ -156,6 +176,7 @@ def _data_space(samples: torch.Tensor, dataset) -> torch.Tensor:
 @one_line_errors
 def fit(data, data_dir, test_file, flow_name, transforms, hidden_features, bins, autoregressive, normalization, base,
         levels, steps, hidden_channels, blocks, convolution, additive, trace, rtol, atol, kinetic, jacobian, adjoint,
+        evaluation_trace, coefficient, estimator, eval_estimator, iterations, terms, exact_terms, stop_probability,
         image_size, dequantization, epochs, batch_size, lr, weight_decay, schedule, clip_grad, patience, max_minutes, seed,
         float64, compiled, device, threads, nproc, out, overwrite, resume, as_json, quiet, tensorboard):
     """Train a flow by maximum likelihood and write a run folder.
@@ -198,7 +219,10 @@ def fit(data, data_dir, test_file, flow_name, transforms, hidden_features, bins,
             "hidden_features": hidden_features, "bins": bins, "autoregressive": autoregressive, "base": base, "levels": levels,
             "steps": steps, "hidden_channels": hidden_channels, "blocks": blocks, "convolution": convolution,
             "additive": additive, "trace": trace, "rtol": rtol, "atol": atol, "kinetic": kinetic,
-            "jacobian": jacobian, "adjoint": adjoint})
+            "jacobian": jacobian, "adjoint": adjoint, "evaluation_trace": evaluation_trace,
+            "coefficient": coefficient, "estimator": estimator, "eval_estimator": eval_estimator,
+            "iterations": iterations, "terms": terms, "exact_terms": exact_terms,
+            "stop_probability": stop_probability})
         config = {
             "flow": flow_name, "flow_kwargs": kwargs, "dequantization": dequantization,
             "data": {"name": _absolute_data(data), "display": data, "data_dir": absolute(data_dir), "seed": seed,

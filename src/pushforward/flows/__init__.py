@@ -26,12 +26,13 @@ from .linear import HouseholderFlow, LUFlow
 from .planar_radial import PlanarFlow, RadialFlow
 from .sylvester import SylvesterFlow
 from .polynomials import BernsteinFlow, SOSFlow
-from .residual import IResNet, ResidualFlow
+from .residual import IResNet, ResidualFlow, ResidualFlowImage
 from .stack import stack
 
 __all__ = ["MAF", "IAF", "RealNVP", "NSF", "NICE", "NAF", "BNAF", "UMNN",
            "PlanarFlow", "RadialFlow", "SylvesterFlow", "HouseholderFlow", "LUFlow", "PRESETS", "preset_options", "stack",
-           "SOSFlow", "BernsteinFlow", "FFJORD", "Glow", "RealNVPImage", "IMAGE_PRESETS", "ResidualFlow", "IResNet"]
+           "SOSFlow", "BernsteinFlow", "FFJORD", "Glow", "RealNVPImage", "IMAGE_PRESETS", "ResidualFlow", "IResNet",
+           "ResidualFlowImage"]
 
 PRESETS: dict[str, type[Flow]] = {
     "maf": MAF, "iaf": IAF, "realnvp": RealNVP, "nsf": NSF,
@@ -41,7 +42,8 @@ PRESETS: dict[str, type[Flow]] = {
     "sos": SOSFlow, "bernstein": BernsteinFlow, "ffjord": FFJORD,
     "residual": ResidualFlow, "iresnet": IResNet,
 }
-IMAGE_PRESETS: dict[str, type[Flow]] = {"glow": Glow, "realnvp-image": RealNVPImage}
+IMAGE_PRESETS: dict[str, type[Flow]] = {"glow": Glow, "realnvp-image": RealNVPImage,
+                                         "residual-image": ResidualFlowImage}
 
 
 def preset_options(name: str) -> set[str]:

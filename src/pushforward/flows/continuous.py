@@ -20,8 +20,9 @@ class FFJORD(Flow):
 
     Each block integrates its ODE from t = 0 to T with an adaptive solver (dopri5 by default);
     the log-abs-det-Jacobian is the integral of tr(df/dz), estimated in training by
-    Hutchinson's estimator with noise fixed within each solve, and exact in evaluation mode,
-    so reported log-likelihoods are exact (:class:`~pushforward.transforms.continuous.ContinuousFlow`).
+    Hutchinson's estimator with noise fixed within each solve, and exact in evaluation mode
+    (``evaluation_trace``), so reported log-likelihoods are exact
+    (:class:`~pushforward.transforms.continuous.ContinuousFlow`).
     ``kinetic`` and ``jacobian`` add Finlay et al.'s regularisers of the dynamics to the
     training loss of :func:`pushforward.fit` (which also reports the number of function
     evaluations, NFE, per training step in its history).
@@ -43,7 +44,9 @@ class FFJORD(Flow):
         activation: f's non-linearity (smooth: Softplus, Tanh, ...).
         time_dependent: whether f takes t.
         time: each block's integration time T.
-        trace: "hutchinson" or "exact", in training (evaluation is exact).
+        trace: "hutchinson" or "exact", in training.
+        evaluation_trace: "exact" (default: reported likelihoods are exact) or "hutchinson", in
+            evaluation mode (faster for large D, an unbiased estimate of the ladj).
         noise: "gaussian" or "rademacher", Hutchinson's noise.
         method, rtol, atol, step_size: the torchdiffeq solver and its tolerances (or step).
         adjoint: back-propagate by the adjoint method (memory constant in the number of steps;
@@ -63,14 +66,13 @@ class FFJORD(Flow):
     def __init__(self, features: int, context_features: int = 0, transforms: int = 1,
                  hidden_features: Sequence[int] = (64, 64, 64), activation: type[nn.Module] = nn.Tanh,
                  time_dependent: bool = True, time: float = 1.0, trace: str = "hutchinson", noise: str = "gaussian",
-                 method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5, step_size: float | None = None,
-                 adjoint: bool = False, kinetic: float = 0.0, jacobian: float = 0.0,
-                 normalization: str | None = None,
-                 base: str | nn.Module = "normal", embedding: nn.Module | None = None):
+                 evaluation_trace: str = "exact", method: str = "dopri5", rtol: float = 1e-5, atol: float = 1e-5,
+                 step_size: float | None = None, adjoint: bool = False, kinetic: float = 0.0, jacobian: float = 0.0,
+                 normalization: str | None = None, base: str | nn.Module = "normal", embedding: nn.Module | None = None):
         check_arguments(features=features, context_features=context_features, transforms=transforms,
                         hidden_features=hidden_features)
         blocks = [ContinuousFlow(features, context_features, hidden_features, time_dependent, activation, time,
-                                 trace, noise, "exact", method, rtol, atol, step_size, adjoint, kinetic=kinetic,
+                                 trace, noise, evaluation_trace, method, rtol, atol, step_size, adjoint, kinetic=kinetic,
                                  jacobian=jacobian)
                   for _ in range(transforms)]
         super().__init__(*preset_base(base, features, stack(blocks, features, normalization)), embedding)

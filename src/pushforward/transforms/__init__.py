@@ -20,7 +20,7 @@ from .elementwise import InverseMap, LeakyReLU, Softplus, Tanh, numerical_invers
 from .splines import (CubicSpline, LinearRationalSpline, PiecewiseLinear, PiecewiseQuadratic, cubic_spline,
                       linear_rational_spline, with_linear_tails)
 from .polynomials import BernsteinPolynomial, SOSPolynomial, bernstein_basis
-from .residual import ResidualBlock, log_det_estimators
+from .residual import ConvResidualBlock, ResidualBlock, log_det_estimators
 
 __all__ = [
     "MaskedAutoregressive", "ContinuousFlow", "SolverRecord", "recording", "Coupling", "ImageCoupling", "alternating_mask", "checkerboard", "MultiScale", "Squeeze", "AdditiveMap", "Affine", "AffineMap", "SigmoidAffineMap", "DomainError",
@@ -33,5 +33,5 @@ __all__ = [
     "InverseMap", "LeakyReLU", "Softplus", "Tanh", "numerical_inverse", "CubicSpline", "LinearRationalSpline",
     "PiecewiseLinear", "PiecewiseQuadratic", "cubic_spline", "linear_rational_spline", "with_linear_tails",
     "BernsteinPolynomial", "SOSPolynomial", "bernstein_basis", "Conv1x1", "Conv1x1LU", "EmergingConv", "PeriodicConv",
-    "ResidualBlock", "log_det_estimators",
+    "ResidualBlock", "ConvResidualBlock", "log_det_estimators",
 ]
