@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 
-import pushforward as pf
 from pushforward import latent, testing
 from pushforward.flows import IMAGE_PRESETS, PRESETS, preset_options
 from pushforward.transforms.reshape import Squeeze
