@@ -29,7 +29,7 @@ def randn(*shape, seed=0, scale=1.0):
 def set_params(t, **values):
     with torch.no_grad():
         for name, value in values.items():
-            t.params.free[name].copy_(value)
+            t.conditioner.free[name].copy_(value)
     return t
 
 
@@ -39,9 +39,9 @@ def test_planar_u_hat_satisfies_the_constraint_for_any_raw_u_w():
     t = Planar(D, context_features=3).double()
     for seed, scale in enumerate([1e-3, 1.0, 30.0]):
         set_params(t, u=randn(D, seed=seed, scale=scale), w=randn(D, seed=seed + 10, scale=scale))
-        set_params(t, u=-t.params.free["w"] * 50)  # w^T u very negative
+        set_params(t, u=-t.conditioner.free["w"] * 50)  # w^T u very negative
         u_hat, w, _ = t.parameters_hat(randn(7, 3, seed=seed))
-        wu = (w * t.params.free["u"]).sum(-1)
+        wu = (w * t.conditioner.free["u"]).sum(-1)
         assert torch.all(t._slope(u_hat, w) > -1)  # what ladj and the inverse use
         slope = (w * u_hat).sum(-1)  # the map's: exactly m(w^T u) but for rounding
         m = torch.nn.functional.softplus(wu).clamp(min=1e-16) - 1
@@ -73,7 +73,7 @@ def test_radial_closed_form_inverse_on_both_branches(beta):
     set_params(t, alpha=torch.tensor(math.log(math.expm1(alpha))),
                beta=torch.tensor(math.log(math.expm1(alpha + beta * alpha))))
     # radii from far inside to far outside alpha + beta, so that both forms of the root are used
-    z = t.params.free["z0"] + randn(60, D) * torch.logspace(-6, 3, 60, dtype=torch.float64).unsqueeze(-1)
+    z = t.conditioner.free["z0"] + randn(60, D) * torch.logspace(-6, 3, 60, dtype=torch.float64).unsqueeze(-1)
     x, ladj = t(z)
     z2, ladj2 = t.inverse(x)
     torch.testing.assert_close(z2, z, rtol=1e-12, atol=1e-12)
@@ -126,8 +126,8 @@ def test_sylvester_with_context_takes_an_empty_batch(basis):
 def test_sylvester_diagonals_keep_the_invertibility_condition():
     t = Sylvester(D, 0, HouseholderBasis(2)).double()
     with torch.no_grad():
-        t.params.free["r"].fill_(50.0)
-        t.params.free["r_tilde"].fill_(-50.0)
+        t.conditioner.free["r"].fill_(50.0)
+        t.conditioner.free["r_tilde"].fill_(-50.0)
     _, r, r_tilde, _ = t.parts(randn(1, D))
     product = torch.diagonal(r) * torch.diagonal(r_tilde)
     assert torch.all(product > -1)
@@ -140,7 +140,7 @@ def planar(dtype, slope=None):
     torch.manual_seed(0)
     t = perturb(Planar(D).double(), scale=1.0)
     if slope is not None:  # w^T u_hat = slope: -1 < slope, close to -1 is the hard case
-        w = t.params.free["w"]
+        w = t.conditioner.free["w"]
         set_params(t, u=math.log(math.expm1(slope + 1)) * w / w.square().sum())
     return t.to(dtype)
 
@@ -193,7 +193,7 @@ def test_sylvester_inverse_meets_its_tolerance(dtype, basis):
     reference = Sylvester(D, 0, FixedBasis(q)).double()
     with torch.no_grad():
         for name in ("r", "r_tilde", "bias"):
-            reference.params.free[name].copy_(t.params.free[name])
+            reference.conditioner.free[name].copy_(t.conditioner.free[name])
     x = reference(randn(200, D, scale=3.0))[0].to(dtype)
     z, _ = t.inverse(x)
     z_true, _ = reference.inverse(x.double())

@@ -438,7 +438,7 @@ def test_command_line_sets_what_the_papers_vary(tmp_path):
            "--exact-terms", 1, "--stop-probability", 0.3, "--iterations", 4, "--epochs", 1, "--max-minutes", 0.05,
            "--quiet", "--out", out)
     kwargs = json.loads((out / "config.json").read_text())["flow_kwargs"]
-    assert kwargs == {"transforms": 2, "hidden_features": [8], "coefficient": 0.8, "estimator": "roulette",
+    assert kwargs == {"base": "normal", "transforms": 2, "hidden_features": [8], "coefficient": 0.8, "estimator": "roulette",
                       "eval_estimator": "series", "terms": 3, "exact_terms": 1, "stop_probability": 0.3,
                       "iterations": 4}
     assert json.loads((out / "metrics.json").read_text())["log_det"] == "series"

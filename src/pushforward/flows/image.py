@@ -116,7 +116,7 @@ class Glow(Flow):
                  pixel_levels: int | None = 256,
                  base: str | nn.Module = "normal", embedding: nn.Module | None = None):
         check_arguments(context_features=context_features, levels=levels, steps=steps, hidden_channels=hidden_channels)
-        _check_box(base, pixel_levels)
+        check_box(base, pixel_levels)
         shape = image_shape(shape, levels, levels)
         elementwise_map = AdditiveMap if additive else SigmoidAffineMap
         mixing = _choice(_CONVOLUTIONS, convolution, "convolution")
@@ -134,7 +134,7 @@ class Glow(Flow):
         super().__init__(*preset_base(base, shape, Chain(*parts)), embedding)
 
 
-def _check_box(base: str | nn.Module, pixel_levels: int | None) -> None:
+def check_box(base: str | nn.Module, pixel_levels: int | None) -> None:
     """Refuse ``base="box"`` next to the pixel map, which already bounds the data to [0, pixel_levels)."""
     if isinstance(base, str) and base == "box" and pixel_levels is not None:
         raise ValueError("base='box' bounds the flow to (0, 1); the image presets already map to [0, pixel_levels): "
@@ -193,7 +193,7 @@ class RealNVPImage(Flow):
                  base: str | nn.Module = "normal", embedding: nn.Module | None = None):
         check_arguments(context_features=context_features, levels=levels, hidden_channels=hidden_channels,
                         blocks=blocks)
-        _check_box(base, pixel_levels)
+        check_box(base, pixel_levels)
         shape = image_shape(shape, levels, levels - 1)
 
         def couplings(c: int, mask: str, n: int) -> list[Transform]:  # base -> data order

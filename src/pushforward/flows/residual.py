@@ -23,7 +23,7 @@ from ..transforms.elementwise import logit_preprocessing
 from ..transforms.normalization import ActNorm
 from ..transforms.reshape import Squeeze
 from ..transforms.residual import ConvResidualBlock, ResidualBlock
-from .image import image_shape
+from .image import check_box, image_shape
 from .stack import stack
 
 __all__ = ["ResidualFlow", "IResNet", "ResidualFlowImage"]
@@ -188,7 +188,7 @@ class ResidualFlowImage(Flow):
             as :class:`ResidualFlow`.
         alpha: the logit margin.
         pixel_levels: the data lie in [0, pixel_levels); None for data already in logit space.
-        base, embedding: as :class:`ResidualFlow`.
+        base, embedding: as :class:`ResidualFlow` ("box" needs ``pixel_levels=None``).
 
     Raises:
         ValueError: for a bad shape, sizes below 1, c outside (0, 1) or an unknown estimator.
@@ -203,6 +203,7 @@ class ResidualFlowImage(Flow):
                         hidden_channels=hidden_channels)
         if blocks < 1:
             raise ValueError(f"blocks must be an integer >= 1, got {blocks}")
+        check_box(base, pixel_levels)
         shape = image_shape(shape, levels, levels - 1)
         parts: list = [_residual_level(
             shape, levels, blocks, context_features=context_features, hidden_channels=hidden_channels,
