@@ -37,6 +37,12 @@ def test_fit_writes_a_complete_run_folder(moons_run):
     assert np.isfinite(metrics["log_likelihood_nats"]) and metrics["stderr_nats"] > 0
 
 
+def test_a_run_records_the_activation_its_made_computed_with(moons_run):
+    """The formula of MADE's non-linearity is a recorded choice (issue 18), never a timing's."""
+    config = json.loads((moons_run / "config.json").read_text())
+    assert config["flow"] == "maf" and config["made_activations"] == ["ReLU"]
+
+
 def test_fit_evaluate_sample_round_trip(moons_run, tmp_path):
     result = run("evaluate", moons_run, "--json")
     line = json.loads(result.output.strip().splitlines()[-1])

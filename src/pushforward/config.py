@@ -94,6 +94,7 @@ class FitConfig(_Schema):
     features: _ranged("features", int) | None = None  # known once the data are loaded
     event_shape: list[_ranged("features", int)] | None = None  # (C, H, W) of an image flow's data
     dequantization: Literal["uniform", "variational"] = "uniform"  # of image data (pushforward.dequantization)
+    made_activations: list[str] = []  # the activations of the flow's MADEs (experiment.made_activations)
     data: DataConfig
     train: TrainConfig
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from .nn.made import MADE
 from .config import FitConfig, VaeConfig, ViConfig, read_config
 from .core import Chain, Flow
 from .distributions import StandardNormal
@@ -208,9 +209,18 @@ def write_json(obj: dict, path: str | os.PathLike) -> None:
     atomic_write(path, lambda f: f.write(text))
 
 
+def made_activations(flow: Flow) -> list[str]:
+    """The activation classes of the flow's MADEs (sorted, without repeats): the formula that
+    computed its numbers, which a run records (the choice is the user's or the preset's, never a
+    timing's)."""
+    return sorted({type(m.activation).__name__ for m in flow.modules() if isinstance(m, MADE)})
+
+
 def save_run(out: Path, flow: Flow, config: dict) -> None:
-    """Write ``config.json`` and ``model.pt`` (atomically) into the run folder ``out``."""
+    """Write ``config.json`` (with the flow's :func:`made_activations`) and ``model.pt``
+    (atomically) into the run folder ``out``."""
     out.mkdir(parents=True, exist_ok=True)
+    config["made_activations"] = made_activations(flow)
     write_json(config, out / CONFIG)
     save_atomic(flow.state_dict(), out / MODEL)
 
