@@ -513,3 +513,12 @@ def test_a_solve_that_does_not_converge_is_a_one_line_error():
     result = invoke(stuck, ok=False)
     assert result.exit_code == 1
     assert result.output.strip() == "Error: fixed-point inverse did not converge in 2 iterations"
+
+
+def test_a_built_in_name_wins_over_a_folder_of_that_name(tmp_path, monkeypatch):
+    """`pushforward fit` (digits, a MAF) works from a directory that holds a folder named
+    `digits`: the CLI and the loader read the name the same way (pf.data.is_image_folder)."""
+    (tmp_path / "digits").mkdir()
+    monkeypatch.chdir(tmp_path)
+    run("fit", "--data", "digits", "--flow", "maf", *TINY, "--out", tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["data"]["images"] is False

@@ -109,6 +109,8 @@ class Transform(nn.Module):
 
     @property
     def data_event_dims(self) -> int:
+        """The number of event dimensions on the data side (``event_dims`` unless the transform
+        changes the rank of its events)."""
         return self.event_dims
 
     def forward_shape(self, shape: Sequence[int]) -> tuple[int, ...]:

@@ -229,7 +229,7 @@ def fit(data, data_dir, test_file, flow_name, transforms, hidden_features, bins,
                      "test_path": absolute(test_file),
                      # a folder holds images, which only image flows take (digits and mnist are
                      # rows for the vector flows, as in the MAF paper)
-                     "images": flow_name in IMAGE_PRESETS or Path(data).expanduser().is_dir(),
+                     "images": flow_name in IMAGE_PRESETS or datasets.is_image_folder(data),
                      "image_size": list(image_size) if image_size else None},
             "train": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
                       "schedule": None if schedule == "none" else schedule, "clip_grad": clip_grad,

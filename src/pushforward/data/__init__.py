@@ -24,7 +24,7 @@ from .tabular import bsds300, gas, hepmass, miniboone, power
 from .toys import TOYS, toy, toy_dataset
 
 __all__ = [
-    "DataSet", "DataError", "load", "NAMES", "IMAGE_NAMES", "TOYS", "toy", "toy_dataset", "digits",
+    "DataSet", "DataError", "load", "is_image_folder", "NAMES", "IMAGE_NAMES", "TOYS", "toy", "toy_dataset", "digits",
     "mnist", "mnist_images", "mnist_labels", "binarized_mnist", "BinaryImages", "digits_labels", "labels", "read_idx",
     "dequantise", "image_folder", "folder_pixels", "read_image",
     "IMAGE_SUFFIXES", "from_file", "read_array", "power", "gas", "hepmass", "miniboone", "bsds300",
@@ -36,6 +36,12 @@ _FROM_DIR: dict[str, Callable[[str | Path | None], DataSet]] = {
 }
 NAMES: tuple[str, ...] = (*TOYS, "digits", *_MNISTS, *_FROM_DIR)
 IMAGE_NAMES: tuple[str, ...] = ("digits", *_MNISTS)
+
+
+def is_image_folder(name_or_path: str) -> bool:
+    """Whether ``load`` reads ``name_or_path`` as a folder of images: a folder that is not a
+    built-in name (a built-in name wins over a folder of that name in the working directory)."""
+    return name_or_path.lower() not in NAMES and Path(name_or_path).expanduser().is_dir()
 
 
 def load(
@@ -87,7 +93,7 @@ def load(
     """
     key = name_or_path.lower()
     path = Path(name_or_path).expanduser()
-    folder = key not in NAMES and path.is_dir()
+    folder = is_image_folder(name_or_path)
     if test_path is not None and (key in NAMES or folder):
         raise DataError(f"test_path applies to files only, not to {name_or_path!r}")
     if image_size is not None and not folder:

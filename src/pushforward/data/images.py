@@ -309,6 +309,7 @@ class BinaryImages:
 
     @property
     def features(self) -> int:
+        """The number of pixels per image, D."""
         return self.train.shape[1]
 
 

@@ -62,8 +62,11 @@ class PyroFlow(FlowDistribution, TorchDistributionMixin):
 
     @constraints.dependent_property(is_discrete=False, event_dim=0)
     def support(self) -> constraints.Constraint:
+        """R^event_shape, independent over the event dimensions (also for box flows: see the class
+        docstring)."""
         return constraints.independent(constraints.real, len(self.event_shape))
 
     def expand(self, batch_shape: torch.Size, _instance=None):
+        """This distribution with the batch shape ``batch_shape``, as Pyro expands one (plates)."""
         # torch's Distribution.expand (not implemented) precedes the mixin's in the MRO
         return TorchDistributionMixin.expand(self, batch_shape, _instance)
