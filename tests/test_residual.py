@@ -16,7 +16,7 @@ import pushforward as pf
 from cli_helpers import invoke
 from pushforward.cli import main
 from pushforward.experiment import load_run
-from pushforward.nn.lipschitz import ELU, SpectralConv2d, SpectralLinear, circular_conv2d
+from pushforward.nn.lipschitz import CERTIFY_FROM, ELU, GRID, SpectralConv2d, SpectralLinear, circular_conv2d, grid_ceiling
 from pushforward.transforms import ConvergenceError, ConvResidualBlock, ResidualBlock, log_det_estimators
 
 DRAWS = 2000
@@ -196,10 +196,10 @@ def spectral_norms(flow: pf.Flow) -> tuple[list[float], list[float]]:
     return raw, effective
 
 
-@pytest.mark.parametrize("iterations", [None, 1])
-def test_spectral_norm_is_at_most_c_after_training(iterations):
+@pytest.mark.parametrize("iterations, hidden", [(None, 16), (1, 16), (1, CERTIFY_FROM)])
+def test_spectral_norm_is_at_most_c_after_training(iterations, hidden):
     c = 0.9
-    flow = pf.ResidualFlow(3, transforms=2, hidden_features=(16, 16), coefficient=c, iterations=iterations)
+    flow = pf.ResidualFlow(3, transforms=2, hidden_features=(hidden, hidden), coefficient=c, iterations=iterations)
     train_steps(flow)
     raw, effective = spectral_norms(flow.train())
     assert max(raw) > 1.5 * c  # the cap bites
@@ -214,9 +214,35 @@ def test_power_iteration_gradient_of_the_norm_converges_to_the_exact_one():
     first = torch.autograd.grad(layer.sigma(), layer.weight)[0]
     for _ in range(200):
         estimate = layer.sigma()
-    torch.testing.assert_close(estimate, torch.linalg.matrix_norm(layer.weight, 2))
+    sigma = torch.linalg.matrix_norm(layer.weight, 2)
+    assert sigma <= estimate < sigma * (1 + GRID)  # the value: sigma rounded up to the grid
+    torch.testing.assert_close(estimate, grid_ceiling(sigma))
     torch.testing.assert_close(torch.autograd.grad(estimate, layer.weight)[0], exact)
     assert not torch.allclose(first, exact, atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_certified_norm_is_the_grid_ceiling_whatever_the_subspace_holds(dtype, monkeypatch):
+    torch.manual_seed(0)
+    layer = SpectralLinear(CERTIFY_FROM + 3, CERTIFY_FROM, 0.9, iterations=1).to(dtype)
+    with torch.no_grad():  # a spectrum with a cluster at the top, as training leaves it
+        u, _, vh = torch.linalg.svd(layer.weight)
+        s = torch.linspace(1, 0.1, CERTIFY_FROM, dtype=dtype)
+        s[:5] = torch.tensor([2.0, 1.999, 1.998, 1.99, 1.9], dtype=dtype)
+        layer.weight.copy_(u @ torch.diag(s) @ vh[:CERTIFY_FROM])
+    expected = grid_ceiling(torch.linalg.matrix_norm(layer.weight.double(), 2)).to(dtype)
+    assert layer.rounded_sigma(layer.weight) == expected  # a random subspace: eigh decides and resets it
+    eigh = torch.linalg.eigh
+    monkeypatch.setattr(torch.linalg, "eigh", lambda *a, **k: pytest.fail("the certificate should decide"))
+    for step in range(3):  # then the Cholesky certificate decides, as the weight drifts
+        assert layer.rounded_sigma(layer.weight) == expected
+        with torch.no_grad():
+            layer.weight.add_(1e-4 * torch.randn_like(layer.weight))
+        expected = grid_ceiling(torch.linalg.matrix_norm(layer.weight.double(), 2)).to(dtype)
+    monkeypatch.setattr(torch.linalg, "eigh", eigh)
+    with torch.no_grad():  # a jump of the norm beyond the next grid point: eigh again
+        layer.weight.mul_(1.5)
+    assert layer.rounded_sigma(layer.weight) == grid_ceiling(torch.linalg.matrix_norm(layer.weight.double(), 2)).to(dtype)
 
 
 def test_residual_map_is_a_contraction():

@@ -70,7 +70,8 @@ class ResidualFlow(Flow):
         exact_terms: terms of the series that every "roulette" estimate computes.
         stop_probability: p of the geometric number of further terms, 0 < p < 1.
         iterations: power-iteration steps per training step for the gradient of the spectral
-            norms, whose values are exact (None: exact gradients too, slower).
+            norms, whose values are certified roundings up to a grid of 2^-11 (None: exact values
+            and gradients, slower).
         normalization: "act" (ActNorm, the paper's), "batch" or None between blocks.
         base: "normal", "mixture" (a learned mixture of Gaussians) or "box" (a sigmoid
             onto (0, 1)^D) or a distribution module, see :func:`~pushforward.distributions.preset_base`.
@@ -118,7 +119,8 @@ class IResNet(Flow):
         terms: number n of power-series terms of the "series" estimator.
         exact_terms, stop_probability: those of the "roulette" estimator (:class:`ResidualFlow`).
         iterations: power-iteration steps per training step for the gradient of the spectral
-            norms, whose values are exact (None: exact gradients too, slower).
+            norms, whose values are certified roundings up to a grid of 2^-11 (None: exact values
+            and gradients, slower).
         normalization: "act" (ActNorm), "batch" or None between blocks.
         base: "normal", "mixture" (a learned mixture of Gaussians) or "box" (a sigmoid
             onto (0, 1)^D) or a distribution module, see :func:`~pushforward.distributions.preset_base`.

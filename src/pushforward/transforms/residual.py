@@ -251,7 +251,7 @@ class ResidualBlock(_Residual):
     The inverse iterates z_{k+1} = x - g(z_k) from z_0 = x without gradients until the bound
     ||z_{k+1} - z*|| <= L / (1 - L) ||z_{k+1} - z_k|| (L = c^L the Lipschitz bound) on the
     Euclidean error is at most tol * max(1, max_i |z_i|) for every example, and the error is
-    then at most that (the spectral norms are exact, so L is a true bound); where rounding stops
+    then at most that (the spectral norms are exact or certified upper bounds, so L is a true bound); where rounding stops
     the progress for 10 iterations with the bound below sqrt(tol) * max(1, max_i |z_i|), that is
     as accurate as the dtype allows and is accepted too (float32, large D). The result is
     differentiable: its gradient is that of the implicit function theorem,
@@ -276,8 +276,8 @@ class ResidualBlock(_Residual):
         eval_estimator: the estimator in evaluation mode (None: "exact" up to 128 features,
             else ``estimator``).
         activation: LipSwish, ELU or Tanh of :mod:`pushforward.nn.lipschitz`.
-        iterations: None for the exact gradient of the (always exact) spectral norms, else the
-            power-iteration steps per training call that give it
+        iterations: None for exact spectral norms and gradients, else the power-iteration
+            steps per training call that give their gradients, the values rounded up to a grid
             (:class:`~pushforward.nn.lipschitz.SpectralLinear`).
         terms: n of "series".
         exact_terms: terms that "roulette" always computes (they reduce its variance).
