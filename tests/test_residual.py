@@ -245,6 +245,19 @@ def test_certified_norm_is_the_grid_ceiling_whatever_the_subspace_holds(dtype, m
     assert layer.rounded_sigma(layer.weight) == grid_ceiling(torch.linalg.matrix_norm(layer.weight.double(), 2)).to(dtype)
 
 
+def test_power_iteration_recovers_from_a_zero_weight():
+    layer = SpectralLinear(6, 5, 0.5, iterations=1).double()
+    with torch.no_grad():
+        layer.weight.zero_()
+    layer.sigma()  # the power iteration meets W = 0: its vectors must survive it
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(5, 6, dtype=torch.float64))
+    exact = torch.autograd.grad(SpectralLinear.exact_sigma(layer.weight), layer.weight)[0]
+    for _ in range(200):
+        estimate = layer.sigma()
+    torch.testing.assert_close(torch.autograd.grad(estimate, layer.weight)[0], exact)
+
+
 def test_residual_map_is_a_contraction():
     t = block(hidden=(16, 16), bound=0.9).eval()
     a, b = torch.randn(500, 3, dtype=torch.float64), torch.randn(500, 3, dtype=torch.float64)

@@ -102,8 +102,13 @@ class Tanh(nn.Module):
         return y, 1 - y.square()
 
 
-def _unit(x: Tensor) -> Tensor:
-    return x / torch.linalg.vector_norm(x).clamp(min=1e-12)
+def _unit(x: Tensor, previous: Tensor | None = None) -> Tensor:
+    """x / |x|; ``previous`` where x is 0 (a zero weight would otherwise zero the power
+    iteration's vectors for good)."""
+    norm = torch.linalg.vector_norm(x)
+    if previous is not None and not norm > 0:
+        return previous
+    return x / norm.clamp(min=1e-12)
 
 
 # The grid that a spectral norm is rounded up to when ``iterations`` is set: sigma_hat =
@@ -171,8 +176,8 @@ class _SpectralNorm(nn.Module):
             value = self.rounded_sigma(w)
             u, v = self.u, self.v
             for _ in range(self.iterations):
-                v = _unit(self.adjoint(w, u))
-                u = _unit(self.apply(w, v))
+                v = _unit(self.adjoint(w, u), v)
+                u = _unit(self.apply(w, v), u)
             self.u.copy_(u)
             self.v.copy_(v)
         estimate = (u * self.apply(w, v)).sum()
