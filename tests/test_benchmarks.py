@@ -203,3 +203,17 @@ def test_cnf_benchmark_runs_side_by_side_on_digits():
     assert ours["steps"] >= 1 and ours["nfe_forward"] > 0 and math.isfinite(ours["test_log_likelihood"])
     if "zuko" in result["libraries"]:
         assert math.isfinite(result["libraries"]["zuko"]["test_log_likelihood"])
+
+
+def test_residual_benchmark_holds_both_libraries_to_their_bound():
+    """Both residual flows train side by side; afterwards every effective weight's spectral norm
+    is printed, and pushforward's is at most c (normflows' only after its update_lipschitz step)."""
+    pytest.importorskip("normflows")
+    from benchmarks import residual
+
+    result = residual.main(["--transforms", "2", "--hidden", "16,16", "--steps", "4", "--repeats", "2",
+                            "--turn", "2", "--coefficient", "0.5", "--lr", "0.05"])
+    assert len(result["ratios"]) == 2 and result["steps"] == 10
+    assert max(result["norms_pushforward"]) <= 0.5 * (1 + 1e-6)
+    assert len(result["norms_normflows"]) == len(result["norms_pushforward"]) == 6
+    assert all(math.isfinite(result[f"test_{k}"][0]) for k in residual.LIBRARIES)
