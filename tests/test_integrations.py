@@ -70,6 +70,23 @@ def test_sbi_estimator_shapes_and_errors():
         pf.integrations.sbi.build("maf", embedding=nn.Identity())
 
 
+@pytest.mark.parametrize("name, options, activation", [("nsf", {}, nn.Tanh),
+                                                        ("nsf", {"autoregressive": True}, nn.Tanh),
+                                                        ("maf", {"activation": nn.ReLU}, nn.ReLU)])
+def test_sbi_conditioners_are_tanh_unless_told(name, options, activation):
+    pytest.importorskip("sbi")
+    estimator = pf.integrations.sbi.build(name, transforms=2, hidden_features=(8,), **options)(torch.randn(50, 3),
+                                                                                              torch.randn(50, 4))
+    kinds = {type(m) for m in estimator.modules()} & {nn.Tanh, nn.ReLU}
+    assert kinds == {activation}
+
+
+def test_sbi_builds_presets_without_conditioners():
+    pytest.importorskip("sbi")
+    estimator = pf.integrations.sbi.build("planar", transforms=2)(torch.randn(50, 3), torch.randn(50, 4))
+    assert estimator.log_prob(torch.randn(7, 2, 3), torch.randn(2, 4)).shape == (7, 2)
+
+
 def test_sbi_estimator_z_scores_like_sbi():
     pytest.importorskip("sbi")
     torch.manual_seed(0)

@@ -23,6 +23,7 @@ Boelts et al. sbi reloaded. JOSS 2025 (the 0.23+ estimator interface).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Callable
 
@@ -140,13 +141,22 @@ def build(name: str, z_score_theta: str | None = "independent", z_score_x: str |
     dimension, "structured" one mean and std for all, "none" off (sbi's ``z_standardization``,
     so that NaN rows are ignored and stds floored alike).
 
+    The conditioners of a preset that has them (an ``activation`` argument) are tanh networks
+    unless ``options`` name another ``activation``, as in sbi's own MADE-based estimators
+    (nflows' MAF, NPE's default, and ``maf_rqs``); the presets' ReLU default gives the spline
+    parameters piecewise-linear functions of x. On sbi's Gaussian-linear task
+    (``examples/sbi_gaussian_linear.py``, 3 seeds, MADEs of 5 x 50) tanh took the autoregressive
+    NSF's KL from 0.124 to 0.100 nats, level with sbi's ``zuko_nsf`` (0.107) where ReLU was
+    behind it on every seed (README, "Where flow users already are").
+
     Args:
         name: a key of :data:`pushforward.flows.PRESETS` ("maf", "nsf", "realnvp", ...).
         z_score_theta, z_score_x: "independent", "structured" or "none" (sbi's
             ``z_score_theta``/``z_score_x`` of ``posterior_nn``).
         embedding_net: a network from one x to a vector, trained jointly; required when x
             has more than one dimension.
-        **options: the preset's own arguments (``transforms``, ``hidden_features``, ``bins``...).
+        **options: the preset's own arguments (``transforms``, ``hidden_features``, ``bins``,
+            ``activation``...).
 
     Raises:
         ValueError: for an unknown preset, an unknown z-scoring or an ``embedding`` option
@@ -167,6 +177,8 @@ def build(name: str, z_score_theta: str | None = "independent", z_score_x: str |
         raise ValueError("pass the embedding network as embedding_net, which build puts after the z-scoring of x")
     for z_score in (z_score_theta, z_score_x):
         z_score_parser(z_score)
+    if "activation" in inspect.signature(PRESETS[name]).parameters:
+        options.setdefault("activation", nn.Tanh)
 
     def builder(batch_theta: Tensor, batch_x: Tensor) -> FlowEstimator:
         if batch_theta.dim() != 2:
