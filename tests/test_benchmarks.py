@@ -198,11 +198,33 @@ def test_glow_peers_score_the_same_pixel_space():
 def test_cnf_benchmark_runs_side_by_side_on_digits():
     from benchmarks import cnf
 
+    # the default: each library in its own spawned process, starting together
     result = cnf.main(["--minutes", "0.002", "--hidden", "8", "--rtol", "1e-3", "--atol", "1e-3"], log=lambda _: None)
+    assert result["parallel"]
     ours = result["libraries"]["pushforward"]
     assert ours["steps"] >= 1 and ours["nfe_forward"] > 0 and math.isfinite(ours["test_log_likelihood"])
+    assert ours["validations"] >= 1 and ours["selected_step"] <= ours["steps"]
     if "zuko" in result["libraries"]:
-        assert math.isfinite(result["libraries"]["zuko"]["test_log_likelihood"])
+        zuko = result["libraries"]["zuko"]
+        assert math.isfinite(zuko["test_log_likelihood"]) and zuko["selected_epoch"] >= 1
+
+
+def test_cnf_benchmark_keeps_the_best_validation_weights():
+    from benchmarks import cnf
+
+    torch.manual_seed(0)
+    x = torch.randn(60, 3)
+    splits = cnf.Splits(train=x[:40], valid=x[40:50], test=x[50:], offset=0.0)
+    model = cnf.build("pushforward", 3, [8], 1e-3, 1e-3, None)
+    plan = compare.batch_plan(40, 10, 9, seed=0)  # 4 steps per epoch; the plan ends mid-epoch
+    measured = cnf.train(model, splits, plan, steps_per_epoch=4, seconds=math.inf, lr=0.05)
+    assert measured["steps"] == 9 and measured["validations"] == 3  # after epochs 1, 2 and the last step
+    assert measured["valid_log_likelihood"] == max(measured["valid_history"])
+    assert measured["selected_step"] in (4, 8, 9)
+    assert measured["selected_epoch"] == math.ceil(measured["selected_step"] / 4)
+    # the model holds the selected weights: its validation log-likelihood is the best one
+    reloaded = cnf.held_out_log_likelihood(model, splits.valid, 0.0)[0]
+    assert reloaded == pytest.approx(measured["valid_log_likelihood"], rel=1e-6)
 
 
 def test_residual_benchmark_holds_both_libraries_to_their_bound():
