@@ -11,13 +11,26 @@ import math
 
 import pytest
 import torch
+from cli_helpers import invoke
 
 import pushforward as pf
-from cli_helpers import invoke
 from pushforward.cli import main
 from pushforward.experiment import load_run
-from pushforward.nn.lipschitz import CERTIFY_FROM, ELU, GRID, SpectralConv2d, SpectralLinear, circular_conv2d, grid_ceiling
-from pushforward.transforms import ConvergenceError, ConvResidualBlock, ResidualBlock, log_det_estimators
+from pushforward.nn.lipschitz import (
+    CERTIFY_FROM,
+    ELU,
+    GRID,
+    SpectralConv2d,
+    SpectralLinear,
+    circular_conv2d,
+    grid_ceiling,
+)
+from pushforward.transforms import (
+    ConvergenceError,
+    ConvResidualBlock,
+    ResidualBlock,
+    log_det_estimators,
+)
 
 DRAWS = 2000
 

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from ..checks import RANGES
 
 __all__ = ["SpectralLinear", "SpectralConv2d", "LipschitzMLP", "LipschitzCNN", "LipSwish", "ELU", "Tanh",
-           "circular_conv2d"]
+           "circular_conv2d", "grid_ceiling", "GRID"]
 
 
 class LipSwish(nn.Module):
