@@ -137,7 +137,7 @@ def _data_space(samples: torch.Tensor, dataset) -> torch.Tensor:
               help="residual flows: the log-det estimator in evaluation (default exact up to 128 features).")
 @click.option("--iterations", type=number("iterations"), default=None,
               help="residual flows: power-iteration steps per training step for the gradient of each spectral "
-                   "norm (default 1; the norm itself is exact).")
+                   "norm (default 1; the norm itself is certified, rounded up to a grid of 2^-11).")
 @click.option("--terms", type=number("terms"), default=None,
               help="residual flows: terms n of the truncated series estimator (default 5).")
 @click.option("--exact-terms", type=number("exact_terms"), default=None,
