@@ -11,26 +11,14 @@ import math
 
 import pytest
 import torch
-from cli_helpers import invoke
 
 import pushforward as pf
+from cli_helpers import invoke
 from pushforward.cli import main
 from pushforward.experiment import load_run
-from pushforward.nn.lipschitz import (
-    CERTIFY_FROM,
-    ELU,
-    GRID,
-    SpectralConv2d,
-    SpectralLinear,
-    circular_conv2d,
-    grid_ceiling,
-)
-from pushforward.transforms import (
-    ConvergenceError,
-    ConvResidualBlock,
-    ResidualBlock,
-    log_det_estimators,
-)
+from pushforward.nn.lipschitz import (CERTIFY_FROM, ELU, GRID, SpectralConv2d, SpectralLinear, circular_conv2d,
+                                      grid_ceiling)
+from pushforward.transforms import ConvergenceError, ConvResidualBlock, ResidualBlock, log_det_estimators
 
 DRAWS = 2000
 
@@ -255,7 +243,8 @@ def test_certified_norm_is_the_grid_ceiling_whatever_the_subspace_holds(dtype, m
     monkeypatch.setattr(torch.linalg, "eigh", eigh)
     with torch.no_grad():  # a jump of the norm beyond the next grid point: eigh again
         layer.weight.mul_(1.5)
-    assert layer.rounded_sigma(layer.weight) == grid_ceiling(torch.linalg.matrix_norm(layer.weight.double(), 2)).to(dtype)
+    expected = grid_ceiling(torch.linalg.matrix_norm(layer.weight.double(), 2)).to(dtype)
+    assert layer.rounded_sigma(layer.weight) == expected
 
 
 def test_power_iteration_recovers_from_a_zero_weight():

@@ -106,9 +106,8 @@ def _unit(x: Tensor, previous: Tensor | None = None) -> Tensor:
     """x / |x|; ``previous`` where x is 0 (a zero weight would otherwise zero the power
     iteration's vectors for good)."""
     norm = torch.linalg.vector_norm(x)
-    if previous is not None and not norm > 0:
-        return previous
-    return x / norm.clamp(min=1e-12)
+    unit = x / norm.clamp(min=1e-12)
+    return unit if previous is None else torch.where(norm > 0, unit, previous)  # no host sync
 
 
 # The grid that a spectral norm is rounded up to when ``iterations`` is set: sigma_hat =
