@@ -9,8 +9,8 @@ Adamax at the same learning rate, on the same batches in the same order (one shu
 same seed before each build, and the same thread count, in one process. Differences that remain
 are the libraries' own and are printed: normflows scores the factored-out channels of each level
 with a per-channel Gaussian (its ``GlowBase``), pushforward with Glow's conditional Gaussian given
-the channels that go on (the paper's split prior); normflows' coupling scale is sigmoid(h + 2),
-pushforward's exp(5 tanh(h / 5)).
+the channels that go on (the paper's split prior); both couplings' scale is sigmoid(h + 2) in
+the data -> base direction, both 1x1 convolutions are parametrised (P L U) in that direction.
 
 * **Throughput** (images/s of forward + backward + Adamax step): the libraries take ``--turn``
   steps each in turn, the order rotating, ``--repeats`` times; ratios ours / theirs per

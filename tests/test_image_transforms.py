@@ -90,3 +90,22 @@ def test_a_chain_of_image_transforms_composes_their_shapes():
     chain = Chain(Squeeze(), ImageCoupling(8, AffineMap(), hidden_channels=4), Inverse(Squeeze()))
     assert chain.forward_shape((2, 4, 4)) == (2, 4, 4)
     assert Squeeze().forward_shape((2, 4, 4)) == (8, 2, 2)
+
+
+@pytest.mark.parametrize("blocks", [0, 1])
+def test_conv_net_in_channels_last_layout_computes_what_the_plain_layers_compute(blocks):
+    # ConvNet runs its layers on channels-last copies and hands the gradient back in that
+    # layout: values and gradients (input and weights) must be those of the layers on NCHW.
+    from pushforward.nn.convnet import ConvNet
+
+    torch.manual_seed(0)
+    net = ConvNet(3, 4, hidden_channels=8, blocks=blocks).double()
+    torch.nn.init.normal_(net.net[-1].weight)
+    u = torch.randn(2, 5, 3, 6, 6, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(2, 5, 4, 6, 6, dtype=torch.float64)
+    outputs = [net(u), net.net(u.reshape(10, 3, 6, 6)).reshape(2, 5, 4, 6, 6)]
+    torch.testing.assert_close(outputs[0], outputs[1])
+    assert outputs[0].shape == (2, 5, 4, 6, 6)
+    grads = [torch.autograd.grad((y * weight).sum(), [u, *net.parameters()]) for y in outputs]
+    for ours, plain in zip(*grads):
+        torch.testing.assert_close(ours, plain)

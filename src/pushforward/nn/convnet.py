@@ -33,6 +33,21 @@ def cat_context_channels(u: Tensor, context: Tensor | None, context_features: in
     return torch.cat([u, planes], dim=-3)
 
 
+class _ChannelsLastGradient(torch.autograd.Function):
+    """The identity, whose backward hands the gradient on in channels-last layout: the gradient
+    that reaches a network's output is NCHW-strided (from the element-wise map), and oneDNN's
+    backward convolutions and ReLU are slower on mixed layouts (Glow's training step on MNIST,
+    2 levels x 8 steps x 64 channels, batch 64, one thread: 149 against 159 ms without it)."""
+
+    @staticmethod
+    def forward(ctx, h: Tensor) -> Tensor:
+        return h.view_as(h)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        return grad.contiguous(memory_format=torch.channels_last)
+
+
 class _ResidualBlock(nn.Module):
     """h + conv3x3(relu(conv3x3(relu(h)))), shape-preserving (He et al. 2016, pre-activation)."""
 
@@ -53,7 +68,12 @@ class ConvNet(nn.Module):
     between the first convolution and the 1x1 one (a ResNet, as Real NVP's conditioners). With
     ``hidden_channels = 0`` it is a single 3x3 convolution (Glow's split prior). The last layer
     starts at zero, so that the transform it conditions starts at the identity (Kingma &
-    Dhariwal 2018, section 3.3). Zero padding throughout.
+    Dhariwal 2018, section 3.3). Zero padding throughout. The layers run on channels-last
+    (NHWC) copies of the input, with the gradient handed back in that layout too: oneDNN's CPU
+    convolutions are faster on it (Glow's conditioner, 64 hidden channels on a batch of 64
+    14 x 14 images, one thread: a training step of the three layers 15-18 ms against 20-23 ms
+    in NCHW; the forward pass alone 2.3 against 8.2 ms). The output has the input's shape (its
+    strides are channels-last).
 
     Shapes: input (*batch, in_channels, H, W); output (*batch, out_channels, H, W).
 
@@ -85,5 +105,8 @@ class ConvNet(nn.Module):
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
 
+    def _channels_last(self, v: Tensor) -> Tensor:
+        return _ChannelsLastGradient.apply(self.net(v.contiguous(memory_format=torch.channels_last)))
+
     def forward(self, u: Tensor) -> Tensor:
-        return on_images(self.net, u)
+        return on_images(self._channels_last, u)
