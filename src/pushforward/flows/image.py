@@ -74,9 +74,7 @@ class Glow(Flow):
 
     Data -> base, at each of the L levels: squeeze; K steps, each ActNorm (per channel), an
     invertible 1x1 convolution z = W x (LU-decomposed by default; W parametrised in this
-    direction, as in the paper: parametrising W^-1 instead, the mixing's own base -> data
-    direction, learned markedly slower, 2.99 against 2.70 bits/dim after 1,005 MNIST steps,
-    benchmarks/RESULTS.md) and an affine coupling on the channels
+    direction, as in the paper) and an affine coupling on the channels
     whose scale in the data -> base direction is sigmoid(h + 2) (it only contracts there:
     :class:`~pushforward.transforms.SigmoidAffineMap`) and whose conditioner is Glow's three
     convolutions (3x3, 1x1, zero-initialised 3x3); then, but
