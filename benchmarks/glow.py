@@ -57,15 +57,19 @@ class Glow:
     note: str
 
 
-def build(library: str, shape: Sequence[int], levels: int, steps: int, hidden: int, pixel_levels: int) -> Glow:
-    """Glow of ``levels`` x ``steps`` with ``hidden`` conditioner channels for images ``shape``.
+def build(library: str, shape: Sequence[int], levels: int, steps: int, hidden: int, pixel_levels: int,
+          split_prior: str = "conditional") -> Glow:
+    """Glow of ``levels`` x ``steps`` with ``hidden`` conditioner channels for images ``shape``
+    (``split_prior``: pushforward's, see :class:`pushforward.Glow`).
 
     Raises:
         ImportError: if normflows is asked for and not installed.
     """
     if library == "pushforward":
-        flow = pf.Glow(shape, levels=levels, steps=steps, hidden_channels=hidden, pixel_levels=pixel_levels)
-        return Glow(library, flow, lambda x: -flow.log_prob(x), "split prior: conditional Gaussian (the paper's)")
+        flow = pf.Glow(shape, levels=levels, steps=steps, hidden_channels=hidden, pixel_levels=pixel_levels,
+                       split_prior=split_prior)
+        note = {"conditional": "conditional Gaussian (the paper's)", "channel": "a per-channel Gaussian"}[split_prior]
+        return Glow(library, flow, lambda x: -flow.log_prob(x), f"split prior: {note}")
     import normflows as nf
 
     c, h, w = shape
@@ -116,7 +120,7 @@ def _probe(library: str, options: dict) -> float:
     torch.set_num_threads(options["threads"])
     torch.manual_seed(0)
     model = build(library, options["shape"], options["levels"], options["steps"], options["hidden"],
-                  options["pixel_levels"])
+                  options["pixel_levels"], options["split_prior"])
     optimizer = torch.optim.Adamax(model.module.parameters(), lr=1e-3)
     x = torch.rand(options["batch_size"], *options["shape"]) * options["pixel_levels"]
     base = _reset_peak_rss()
@@ -149,7 +153,7 @@ def benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) -> d
     models, optimizers = {}, {}
     for name in libraries:
         torch.manual_seed(args.seed)
-        models[name] = build(name, shape, args.levels, args.steps, args.hidden, pixel_levels)
+        models[name] = build(name, shape, args.levels, args.steps, args.hidden, pixel_levels, args.split_prior)
         optimizers[name] = torch.optim.Adamax(models[name].module.parameters(), lr=args.lr)
         size = sum(p.numel() for p in models[name].module.parameters())
         log(f"{name}: {size:,} parameters; {models[name].note}")
@@ -167,6 +171,7 @@ def benchmark(args: argparse.Namespace, log: Callable[[str], None] = print) -> d
               "levels": args.levels, "steps": args.steps, "hidden": args.hidden, "batch_size": args.batch_size,
               "libraries": {}}
     options = {"shape": list(shape), "levels": args.levels, "steps": args.steps, "hidden": args.hidden,
+               "split_prior": args.split_prior,
                "pixel_levels": pixel_levels, "batch_size": args.batch_size, "threads": args.threads}
     for name in libraries:
         rates = [args.turn * args.batch_size / s for s in seconds[name]]
@@ -194,6 +199,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--levels", type=int, default=2)
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--split-prior", default="conditional", choices=["conditional", "channel"],
+                   help="pushforward's split prior (normflows' is per-channel).")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3, help="Adamax learning rate.")
     p.add_argument("--threads", type=int, default=1)

@@ -30,7 +30,7 @@ def write_images(folder, n=12, size=(4, 4), mode="RGB"):
     return folder
 
 
-@pytest.mark.parametrize("flow,options", [("glow", ["--steps", "1", "--convolution", "1x1"]),
+@pytest.mark.parametrize("flow,options", [("glow", ["--steps", "1", "--convolution", "1x1", "--split-prior", "channel"]),
                                           ("realnvp-image", ["--blocks", "1"]),
                                           ("residual-image", ["--blocks", "1"])])
 def test_image_flows_fit_evaluate_and_sample_digits_as_images(flow, options, tmp_path):

@@ -78,6 +78,8 @@ def test_image_presets_refuse_shapes_they_cannot_halve():
         pf.Glow((64,))
     with pytest.raises(ValueError, match="unknown convolution"):
         pf.Glow((1, 4, 4), levels=1, convolution="fancy")
+    with pytest.raises(ValueError, match="unknown split prior"):
+        pf.Glow((1, 4, 4), levels=1, split_prior="fancy")
     with pytest.raises(ValueError, match="divisible by 4"):
         pf.RealNVPImage((1, 6, 6), levels=3)
     with pytest.raises(ValueError, match="divisible by 2"):
@@ -90,3 +92,20 @@ def test_image_flows_train_downhill():
     result = pf.fit(flow, x[:48], x[48:], epochs=3, batch_size=16, progress=False, verbose=False)
     history = [h["train_loss"] for h in result.history]
     assert history[-1] < history[0]
+
+
+def test_glow_takes_a_per_channel_split_prior_that_starts_at_the_identity():
+    flow = pf.Glow((1, 8, 8), levels=2, steps=1, hidden_channels=8, split_prior="channel")
+    priors = [m for m in flow.modules() if isinstance(m, pf.transforms.ChannelGaussianPrior)]
+    assert [(p.channels, p.keep) for p in priors] == [(4, 2)]
+    z = torch.randn(3, 4, 4, 4)
+    x, ladj = priors[0](z)
+    torch.testing.assert_close(x, z)
+    assert not ladj.any()
+    with torch.no_grad():
+        priors[0].raw.normal_()
+    x, ladj = priors[0](z)
+    torch.testing.assert_close(x[:, :2], z[:, :2])  # the channels that go on pass unchanged
+    assert not torch.allclose(x[:, 2:], z[:, 2:]) and ladj.abs().min() > 0
+    assert flow.sample((2,)).shape == (2, 1, 8, 8)
+    assert torch.isfinite(flow.log_prob(torch.rand(2, 1, 8, 8) * 256)).all()

@@ -39,7 +39,7 @@ from .transforms.autoregressive import MaskedAutoregressive
 from .transforms.continuous import ContinuousFlow
 from .transforms.convolution import Conv1x1, Conv1x1LU, EmergingConv, PeriodicConv
 from .transforms.coupling import Coupling, ImageCoupling, alternating_mask
-from .transforms.multiscale import MultiScale
+from .transforms.multiscale import ChannelGaussianPrior, MultiScale
 from .transforms.reshape import Squeeze
 from .transforms.elementwise import AdditiveMap, Affine, AffineMap, Elementwise, SigmoidAffineMap, Sigmoid, logit_preprocessing
 from .transforms.linear import LowerTriangular, Permutation
@@ -174,6 +174,8 @@ def _image_examples() -> Iterator[tuple[str, Callable[[int], Transform], bool]]:
     yield "multiscale-learned-prior", lambda c: MultiScale(
         inner(c), c0 // 2, ImageCoupling(c0, AffineMap(), "channel", 0, c, hidden_channels=0)), True
     yield "multiscale-standard-prior", lambda c: MultiScale(inner(c), c0 // 2), True
+    yield "multiscale-channel-prior", lambda c: MultiScale(inner(c), c0 // 2, ChannelGaussianPrior(c0, c0 // 2)), True
+    yield "multiscale-channel-gaussian", lambda c: ChannelGaussianPrior(c0, c0 // 2), False
     yield "convolution-1x1", lambda c: Conv1x1(IMAGE[0]), False
     yield "convolution-1x1-lu", lambda c: Conv1x1LU(IMAGE[0]), False
     yield "convolution-emerging", lambda c: EmergingConv(IMAGE[0]), False

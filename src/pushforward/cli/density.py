@@ -115,6 +115,9 @@ def _data_space(samples: torch.Tensor, dataset) -> torch.Tensor:
 @click.option("--convolution", type=click.Choice(["lu", "1x1", "emerging", "periodic"]), default=None,
               help="glow: the invertible convolution that mixes the channels (default lu).")
 @click.option("--additive", is_flag=True, default=None, help="glow: additive instead of affine couplings.")
+@click.option("--split-prior", type=click.Choice(["conditional", "channel"]), default=None,
+              help="glow: the density of the channels factored out at each split, the paper's Gaussian given "
+                   "the other channels (conditional, the default) or a learned per-channel Gaussian (channel).")
 @click.option("--trace", type=click.Choice(["exact", "hutchinson"]), default=None,
               help="ffjord: the trace of df/dz in training, exact or Hutchinson's estimate (default: hutchinson; "
                    "evaluation is exact).")
@@ -175,7 +178,7 @@ def _data_space(samples: torch.Tensor, dataset) -> torch.Tensor:
 @tensorboard_option
 @one_line_errors
 def fit(data, data_dir, test_file, flow_name, transforms, hidden_features, bins, autoregressive, normalization, base,
-        levels, steps, hidden_channels, blocks, convolution, additive, trace, rtol, atol, kinetic, jacobian, adjoint,
+        levels, steps, hidden_channels, blocks, convolution, additive, split_prior, trace, rtol, atol, kinetic, jacobian, adjoint,
         evaluation_trace, coefficient, estimator, eval_estimator, iterations, terms, exact_terms, stop_probability,
         image_size, dequantization, epochs, batch_size, lr, weight_decay, schedule, clip_grad, patience, max_minutes, seed,
         float64, compiled, device, threads, nproc, out, overwrite, resume, as_json, quiet, tensorboard):
@@ -218,7 +221,7 @@ def fit(data, data_dir, test_file, flow_name, transforms, hidden_features, bins,
             "transforms": transforms, "normalization": None if normalization == "none" else normalization,
             "hidden_features": hidden_features, "bins": bins, "autoregressive": autoregressive, "base": base, "levels": levels,
             "steps": steps, "hidden_channels": hidden_channels, "blocks": blocks, "convolution": convolution,
-            "additive": additive, "trace": trace, "rtol": rtol, "atol": atol, "kinetic": kinetic,
+            "additive": additive, "split_prior": split_prior, "trace": trace, "rtol": rtol, "atol": atol, "kinetic": kinetic,
             "jacobian": jacobian, "adjoint": adjoint, "evaluation_trace": evaluation_trace,
             "coefficient": coefficient, "estimator": estimator, "eval_estimator": eval_estimator,
             "iterations": iterations, "terms": terms, "exact_terms": exact_terms,

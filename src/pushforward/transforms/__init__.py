@@ -4,7 +4,7 @@ from .autoregressive import MaskedAutoregressive
 from .continuous import ContinuousFlow, SolverRecord, recording
 from .convolution import Conv1x1, Conv1x1LU, EmergingConv, PeriodicConv
 from .coupling import Coupling, ImageCoupling, alternating_mask, checkerboard
-from .multiscale import MultiScale
+from .multiscale import ChannelGaussianPrior, MultiScale
 from .reshape import Squeeze
 from .elementwise import AdditiveMap, Affine, AffineMap, SigmoidAffineMap, DomainError, Elementwise, ElementwiseMap, Sigmoid, logit_preprocessing
 from .linear import LowerTriangular, Permutation
@@ -23,7 +23,7 @@ from .polynomials import BernsteinPolynomial, SOSPolynomial, bernstein_basis
 from .residual import ConvResidualBlock, ResidualBlock, log_det_estimators
 
 __all__ = [
-    "MaskedAutoregressive", "ContinuousFlow", "SolverRecord", "recording", "Coupling", "ImageCoupling", "alternating_mask", "checkerboard", "MultiScale", "Squeeze", "AdditiveMap", "Affine", "AffineMap", "SigmoidAffineMap", "DomainError",
+    "MaskedAutoregressive", "ContinuousFlow", "SolverRecord", "recording", "Coupling", "ImageCoupling", "alternating_mask", "checkerboard", "MultiScale", "ChannelGaussianPrior", "Squeeze", "AdditiveMap", "Affine", "AffineMap", "SigmoidAffineMap", "DomainError",
     "Elementwise", "ElementwiseMap", "Sigmoid", "logit_preprocessing", "Permutation", "LowerTriangular", "ActNorm",
     "BatchNorm", "ConvergenceError", "bisection", "RQSpline", "rational_quadratic_spline", "with_identity_tails",
     "Triangular", "UpperTriangular", "ConvexCombinationTriangular", "Householder", "householder", "LU", "QR", "Dense",
