@@ -121,8 +121,8 @@ class Glow(Flow):
             jointly); the context may then have any shape it takes.
         split_prior: the density of the channels factored out at each split: "conditional"
             (the paper's Gaussian given the channels that go on) or "channel" (a learned
-            per-channel Gaussian, :class:`~pushforward.transforms.ChannelGaussianPrior`, which
-            learned faster in our MNIST runs).
+            per-channel Gaussian, :class:`~pushforward.transforms.ChannelGaussianPrior`, as
+            normflows' Glow).
 
     Raises:
         ValueError: for a bad shape, sizes below 1, an unknown convolution or split prior.

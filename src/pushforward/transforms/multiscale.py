@@ -97,10 +97,9 @@ class ChannelGaussianPrior(Transform):
 
     The exponent's factor 3 is the log-scale factor of Glow's reference code: an optimiser of the
     Adam family moves a parameter by at most about its learning rate per step, and through the
-    exponent m and s travel further in few steps. In a 1,005-step MNIST Glow (2 levels x 8 steps
-    x 64 channels, Adamax 1e-3) this prior gave lower test bits/dim than the conditional
-    Gaussian (an affine channel coupling with a zero-initialised convolution) on five seeds of
-    five (benchmarks/RESULTS.md, 2026-12-08); normflows' Glow uses it (``GlowBase``).
+    exponent m and s travel further in few steps. normflows' Glow uses this prior (``GlowBase``);
+    against the conditional Gaussian in a 1,005-step MNIST Glow the evidence is mixed
+    (benchmarks/RESULTS.md, 2026-12-08).
 
     ladj (forward) = H W sum_{c >= keep} s_c; the context is ignored.
 
