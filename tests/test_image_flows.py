@@ -109,3 +109,7 @@ def test_glow_takes_a_per_channel_split_prior_that_starts_at_the_identity():
     assert not torch.allclose(x[:, 2:], z[:, 2:]) and ladj.abs().min() > 0
     assert flow.sample((2,)).shape == (2, 1, 8, 8)
     assert torch.isfinite(flow.log_prob(torch.rand(2, 1, 8, 8) * 256)).all()
+    with pytest.raises(ValueError, match=r"\(\*batch, 4, H, W\)"):
+        priors[0](torch.randn(3, 3, 4, 4))
+    with pytest.raises(ValueError, match="keep must lie"):
+        pf.transforms.ChannelGaussianPrior(4, 4)

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from ..core import Transform
+from .convolution import _check_image
 
 __all__ = ["MultiScale", "ChannelGaussianPrior"]
 
@@ -127,15 +128,14 @@ class ChannelGaussianPrior(Transform):
         self.raw = nn.Parameter(torch.zeros(4, channels - keep))
 
     def forward_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
-        if len(shape) != 3 or shape[0] != self.channels:
-            raise ValueError(f"ChannelGaussianPrior acts on images ({self.channels}, H, W), got {tuple(shape)}")
+        _check_image(self, shape, self.channels)
         return tuple(shape)
 
     inverse_shape = forward_shape
 
     def _moments(self, u: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """m and s shaped (C - keep, 1, 1), and the forward ladj (*batch,) for an input like ``u``."""
-        self.forward_shape(u.shape[-3:])
+        _check_image(self, u.shape, self.channels)
         mean = (self.raw[0] * torch.exp(3 * self.raw[1]))[:, None, None]
         log_scale = (self.raw[2] * torch.exp(3 * self.raw[3]))[:, None, None]
         return mean, log_scale, (log_scale.sum() * u.shape[-2] * u.shape[-1]).expand(u.shape[:-3])
